@@ -1,0 +1,83 @@
+"""The fleet as the gateway sees it: endpoints grouped in pools, and immutable load snapshots.
+
+Configuration (`Endpoint`, `Pool`) is static; load (`EndpointState`) is refreshed in the
+background and published as a new frozen `FleetSnapshot`, so the request path reads one
+consistent picture without locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from pools.profiles import GpuProfile, get_profile
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One vLLM instance: where it is, what it serves, on which hardware."""
+
+    name: str
+    url: str  # base URL without /v1, e.g. http://127.0.0.1:8001
+    pool: str
+    model: str
+    gpu: str = "h100"
+    max_context_tokens: int = 32768
+    weight: float = 1.0  # relative capacity within its pool (virtual nodes on hash rings)
+
+    @property
+    def profile(self) -> GpuProfile:
+        return get_profile(self.gpu)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Interchangeable instances serving one model on one kind of hardware."""
+
+    name: str
+    model: str
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def max_context_tokens(self) -> int:
+        return max((e.max_context_tokens for e in self.endpoints), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    """Health and load of one endpoint, as last probed and scraped."""
+
+    healthy: bool = True
+    waiting: int = 0  # vllm:num_requests_waiting
+    running: int = 0  # vllm:num_requests_running
+    kv_usage_ratio: float = 0.0  # vllm:kv_cache_usage_perc (0..1)
+    prefix_queries_tokens: float = 0.0  # vllm:prefix_cache_queries_total
+    prefix_hits_tokens: float = 0.0  # vllm:prefix_cache_hits_total
+    scraped_at_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """An immutable, versioned picture of every pool and the state of every endpoint."""
+
+    version: int
+    pools: Mapping[str, Pool]
+    states: Mapping[str, EndpointState] = field(default_factory=lambda: MappingProxyType({}))
+
+    def state(self, endpoint: Endpoint) -> EndpointState:
+        return self.states.get(endpoint.name, EndpointState())
+
+    def healthy(self, pool_name: str) -> tuple[Endpoint, ...]:
+        """The pool's endpoints that are currently healthy (empty for an unknown pool)."""
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            return ()
+        return tuple(e for e in pool.endpoints if self.state(e).healthy)
+
+    def models(self) -> list[str]:
+        """Every model served by some pool, sorted, without duplicates."""
+        return sorted({p.model for p in self.pools.values()})
+
+    def pools_for_model(self, model: str) -> list[Pool]:
+        return [p for p in self.pools.values() if p.model == model]

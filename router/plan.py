@@ -1,0 +1,69 @@
+"""The seams between the request flow and the policy and cache areas.
+
+`Gateway` asks a `Planner` where a request should go (pools in preference order, router, SLO,
+cache policy) and asks a `ResponseCache` whether it can answer without a backend. The default
+planner serves every pool of the requested model with one router; the policy area provides the
+YAML-driven planner and the cache area the semantic cache. Both are injected at the
+composition root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.classify import WorkloadProfile
+from router.request import InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """Where and how one request should be served."""
+
+    pools: tuple[str, ...]  # preference order; the next is used when one has no healthy instance or is over SLO
+    router: str  # routing algorithm name: dualmap, round-robin, least-loaded, ...
+    rule: str  # the policy rule that matched (for headers, metrics, explain)
+    profile: WorkloadProfile
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    priority: int = 0
+    cache_policy: str | None = None  # the category cache policy to apply; None bypasses the cache
+    key_blocks: int = 2  # DualMap affinity key length in prefix blocks
+
+
+class Planner(Protocol):
+    def plan(self, request: InferenceRequest) -> RoutePlan:
+        """Classify `request` and choose its plan; raises a GatewayError for unknown models."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    text: str  # the cached completion text
+    finish_reason: str
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMiss:
+    """A cacheable miss: pass it back to `store` with the response once it completed cleanly."""
+
+    key: object
+
+
+@dataclass(frozen=True, slots=True)
+class CacheBypass:
+    reason: str  # e.g. "disabled", "not-cacheable", "error"
+
+
+CacheLookup = CacheHit | CacheMiss | CacheBypass
+
+
+class ResponseCache(Protocol):
+    async def lookup(self, request: InferenceRequest, plan: RoutePlan) -> CacheLookup:
+        """Never raises: any failure is a bypass or a miss."""
+        ...
+
+    async def store(self, miss: CacheMiss, text: str, finish_reason: str) -> None:
+        """Remember a completed response (only called for responses that ended cleanly)."""
+        ...
