@@ -1,7 +1,8 @@
 """`fleetgate`: one command line for the whole product.
 
-Each area registers its own subcommands (`register(subparsers)` in its `cli` module) and
-imports its heavy dependencies only inside the handlers, so `fleetgate --help` stays instant.
+Each area registers its own subcommands (`register(commands, bench)` in its `cli` module: `commands`
+are top-level subcommands, `bench` the subcommands of `fleetgate bench`) and imports its heavy
+dependencies only inside the handlers, so `fleetgate --help` stays instant.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 
 AREA_COMMANDS: tuple[str, ...] = ()
-"""Modules with a `register(subparsers)` function, in the order their commands are listed."""
+"""Modules with a `register(commands, bench)` function, in the order their commands are listed."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Run `fleetgate demo` to see the whole product on an emulated fleet."
         ),
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench_parser = commands.add_parser(
+        "bench", help="benchmarks: each prints its figure next to its baseline, median of several runs"
+    )
+    bench = bench_parser.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bench_parser.set_defaults(func=lambda _args: bench_parser.print_help() or 2)
     for module_name in AREA_COMMANDS:
-        importlib.import_module(module_name).register(subparsers)
+        importlib.import_module(module_name).register(commands, bench)
     return parser
 
 
