@@ -11,7 +11,14 @@ import argparse
 import importlib
 import sys
 
-AREA_COMMANDS: tuple[str, ...] = ()
+AREA_COMMANDS: tuple[str, ...] = (
+    "pools.cli",
+    "router.commands",
+    "policies.cli",
+    "cache.cli",
+    "loadgen.simulate_cli",
+    "loadgen.cli",
+)
 """Modules with a `register(commands, bench)` function, in the order their commands are listed."""
 
 

@@ -1,1 +1,2 @@
-"""Shared test fixtures. Area-specific fixtures live in tests/<tier>/conftest.py."""
+"""Shared test set-up. Reusable helpers (emulated fleets, a private redis-server) live in
+tests/support/ and are imported by the tests that need them; this directory is on sys.path."""
