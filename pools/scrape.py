@@ -1,0 +1,55 @@
+"""vLLM `/metrics` text -> the neutral load figures the router uses.
+
+Only the handful of series we need are read, with a line scan instead of a full Prometheus parser
+(a scrape of a busy vLLM is ~100 KB and this runs every half second per instance). Values of the
+same metric across label sets (engines, models) are summed. Both the current name
+(`vllm:kv_cache_usage_perc`) and the pre-v1 one (`vllm:gpu_cache_usage_perc`) are understood.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_WANTED = {
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:num_requests_running": "running",
+    "vllm:kv_cache_usage_perc": "kv_usage_ratio",
+    "vllm:gpu_cache_usage_perc": "kv_usage_ratio",
+    "vllm:prefix_cache_queries_total": "prefix_queries_tokens",
+    "vllm:prefix_cache_hits_total": "prefix_hits_tokens",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapedLoad:
+    waiting: int = 0
+    running: int = 0
+    kv_usage_ratio: float = 0.0
+    prefix_queries_tokens: float = 0.0
+    prefix_hits_tokens: float = 0.0
+
+
+def parse_vllm_metrics(text: str) -> ScrapedLoad:
+    """Sum each wanted series over its label sets; unknown or malformed lines are ignored."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name_end = line.find("{")
+        if name_end < 0:
+            name_end = line.find(" ")
+        field = _WANTED.get(line[:name_end])
+        if field is None:
+            continue
+        try:
+            value = float(line[line.rindex("}") + 1 if "}" in line else name_end :].split()[0])
+        except (ValueError, IndexError):
+            continue
+        totals[field] = totals.get(field, 0.0) + value
+    return ScrapedLoad(
+        waiting=int(totals.get("waiting", 0)),
+        running=int(totals.get("running", 0)),
+        kv_usage_ratio=totals.get("kv_usage_ratio", 0.0),
+        prefix_queries_tokens=totals.get("prefix_queries_tokens", 0.0),
+        prefix_hits_tokens=totals.get("prefix_hits_tokens", 0.0),
+    )

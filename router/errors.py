@@ -1,0 +1,76 @@
+"""One error tree for the gateway and one translation to OpenAI-style JSON errors.
+
+Every failure the gateway can explain is a `GatewayError` carrying its HTTP status, OpenAI error
+type and whether another instance might succeed (`retryable`). `api.py` turns any of them into
+`{"error": {"message", "type", "param", "code"}}`; anything else is a bug and becomes a generic
+500 without a traceback in the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: int = 500
+    error_type: str = "internal_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(GatewayError):
+    """Malformed JSON, missing or ill-typed fields."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NoHealthyInstanceError(GatewayError):
+    """Every pool the plan allows has no healthy instance right now."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    code = "no_healthy_instance"
+
+
+class UpstreamError(GatewayError):
+    """The instance refused, failed or broke the connection."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_failed"
+    retryable = True
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """No first byte (or no next chunk) within our timeout."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+def internal_error_body() -> dict[str, Any]:
+    """What a client sees for an unexpected exception: no traceback, no internals."""
+    return GatewayError("internal error in the gateway; see its logs").to_body()

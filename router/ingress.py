@@ -1,0 +1,108 @@
+"""Client body -> validated `InferenceRequest`, or an `InvalidRequestError` that says what is wrong.
+
+Only the fields the gateway acts on are checked; the body itself is forwarded unchanged, so any
+field vLLM understands and we do not model still reaches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+import xxhash
+
+from router.errors import InvalidRequestError
+from router.request import ApiKind, InferenceRequest
+
+
+def _require(condition: bool, message: str, param: str) -> None:
+    if not condition:
+        raise InvalidRequestError(message, param=param)
+
+
+def _optional_int(body: Mapping[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"'{name}' must be an integer >= {minimum}", name)
+    return value
+
+
+def _prompt_text(prompt: Any) -> str:
+    """Completions accept a string or a list of strings; token-id prompts are forwarded as JSON text."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return "\n".join(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return orjson.dumps(prompt).decode()
+    raise InvalidRequestError("'prompt' must be a string or a non-empty list of strings", param="prompt")
+
+
+def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
+    _require(isinstance(value, list) and len(value) > 0, "'messages' must be a non-empty list", "messages")
+    for i, message in enumerate(value):
+        _require(isinstance(message, dict) and isinstance(message.get("role"), str),
+                 f"messages[{i}] must be an object with a string 'role'", f"messages[{i}]")
+    return tuple(value)
+
+
+def parse_inference_request(
+    raw: bytes,
+    api: ApiKind,
+    *,
+    request_id: str,
+    arrival_s: float,
+    headers: Mapping[str, str],
+) -> InferenceRequest:
+    """Parse and validate one chat or completions body (headers with lower-case names)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
+    _require(isinstance(body, dict), "request body must be a JSON object", "body")
+    model = body.get("model")
+    _require(isinstance(model, str) and model != "", "'model' is required and must be a string", "model")
+    stream = body.get("stream", False)
+    _require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
+    max_tokens = _optional_int(body, "max_completion_tokens", 1) or _optional_int(body, "max_tokens", 1)
+    n = _optional_int(body, "n", 1) or 1
+    temperature = body.get("temperature")
+    _require(temperature is None or (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)),
+             "'temperature' must be a number", "temperature")
+    tools = body.get("tools")
+    _require(tools is None or isinstance(tools, list), "'tools' must be a list", "tools")
+    user = body.get("user")
+    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    prompt: str | None = None
+    if api == "chat":
+        messages = _messages(body.get("messages"))
+    else:
+        _require("prompt" in body, "'prompt' is required", "prompt")
+        prompt = _prompt_text(body["prompt"])
+    return InferenceRequest(
+        request_id=request_id,
+        api=api,
+        model=model,
+        body=body,
+        stream=stream,
+        messages=messages,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        tools=tuple(tools) if tools else None,
+        temperature=float(temperature) if temperature is not None else None,
+        n=n,
+        user=user,
+        session_id=headers.get("x-session-id") or user,
+        tenant=_tenant(headers),
+        arrival_s=arrival_s,
+    )
+
+
+def _tenant(headers: Mapping[str, str]) -> str:
+    """The tenant is a hash of the API key, so cache entries never cross keys and keys are never
+    kept in memory or Redis; no key -> "default"."""
+    token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return f"key-{xxhash.xxh3_64_hexdigest(token.encode())}" if token else "default"
