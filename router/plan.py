@@ -32,8 +32,9 @@ class RoutePlan:
 
 
 class Planner(Protocol):
-    def plan(self, request: InferenceRequest) -> RoutePlan:
-        """Classify `request` and choose its plan; raises a GatewayError for unknown models."""
+    async def plan(self, request: InferenceRequest) -> RoutePlan:
+        """Classify `request` and choose its plan; raises a GatewayError for unknown models.
+        Async because topic classification may embed the prompt, which must not block the loop."""
         ...
 
 
