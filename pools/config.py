@@ -37,6 +37,14 @@ class InstanceConfig(BaseModel):
     url: str
     name: str | None = None
     weight: float = Field(default=1.0, gt=0)
+    gpu: str | None = None  # overrides the pool's GPU profile for a mixed-hardware pool
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_instance_gpu(cls, gpu: str | None) -> str | None:
+        if gpu is not None and gpu.lower() not in PROFILES:
+            raise ValueError(f"unknown GPU profile {gpu!r}; known: {', '.join(sorted(PROFILES))}")
+        return gpu.lower() if gpu else None
 
     @field_validator("url")
     @classmethod
@@ -85,13 +93,14 @@ class PoolConfig(BaseModel):
 
     def to_pool(self) -> Pool:
         named = {i.url: i.name for i in self.instances if i.name}
+        gpus = {i.url: i.gpu for i in self.instances if i.gpu}
         endpoints = tuple(
             Endpoint(
                 name=named.get(url) or f"{self.name}-{index}",
                 url=url,
                 pool=self.name,
                 model=self.model,
-                gpu=self.gpu,
+                gpu=gpus.get(url, self.gpu),
                 max_context_tokens=self.context_tokens,
                 weight=weight,
             )

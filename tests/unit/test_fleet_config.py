@@ -53,3 +53,15 @@ def test_invalid_fleet_names_the_yaml_path(yaml_text, path, fragment):
 def test_quick_start_fleet_is_one_pool():
     pools = single_pool_fleet(["http://127.0.0.1:1", "http://127.0.0.1:2"], model="m").to_pools()
     assert list(pools) == ["default"] and len(pools["default"].endpoints) == 2
+
+
+def test_an_instance_may_override_its_pools_gpu() -> None:
+    fleet = parse_fleet(
+        "pools:\n  - name: mixed\n    model: m\n    gpu: a100\n    instances:\n"
+        "      - url: http://127.0.0.1:9001\n      - url: http://127.0.0.1:9002\n        gpu: L4\n"
+    )
+    endpoints = fleet.to_pools()["mixed"].endpoints
+    assert [e.gpu for e in endpoints] == ["a100", "l4"]
+    with pytest.raises(ConfigError) as caught:
+        parse_fleet("pools:\n  - name: p\n    model: m\n    instances:\n      - url: http://h:1\n        gpu: tpu\n")
+    assert "pools[0].instances[0].gpu" in str(caught.value)
