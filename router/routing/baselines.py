@@ -1,0 +1,88 @@
+"""The baseline routers DualMap is measured against, each faithful to the system it stands for.
+
+- round-robin: vLLM production-stack / most gateways' default; blind to load and cache.
+- least-loaded: shortest queue (outstanding requests), blind to cache.
+- power-of-two: two random choices, the lower load wins (Mitzenmacher); cheap and load-aware.
+- consistent-hash: one ring keyed on the prefix, with bounded loads (Mirrokni et al.): an
+  instance at ceil((1 + eps) * average) is skipped for the next on the ring.
+- session: rendezvous hash on the session id (sticky sessions); no session -> least loaded.
+The cache-aware radix baseline (SGLang / vLLM router) lives in cache_aware.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+import xxhash
+
+from router.routing.base import InstanceView, RouteDecision, RouteRequest
+from router.routing.common import NoHooks, affinity_key, decide, load_order
+from router.routing.ring import RingCache
+
+
+class RoundRobin(NoHooks):
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
+        chosen = instances[self._next % len(instances)]
+        self._next += 1
+        return decide(chosen, instances, "rotation")
+
+
+class LeastLoaded(NoHooks):
+    name = "least-loaded"
+
+    def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
+        return decide(min(instances, key=load_order), instances, "least-loaded")
+
+
+class PowerOfTwo(NoHooks):
+    name = "power-of-two"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+
+    def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
+        if len(instances) == 1:
+            return decide(instances[0], instances, "only")
+        a, b = self._rng.sample(range(len(instances)), 2)
+        return decide(min(instances[a], instances[b], key=load_order), instances, "two-choices")
+
+
+class ConsistentHashBoundedLoad(NoHooks):
+    name = "consistent-hash"
+
+    def __init__(self, epsilon: float = 0.25, seed: int = 0x5EED) -> None:
+        if epsilon <= 0:
+            raise ValueError("epsilon must be > 0 (0 would forbid any imbalance)")
+        self.epsilon = epsilon
+        self._rings = RingCache((seed, seed + 1))
+
+    def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
+        ring = self._rings.get([v.endpoint for v in instances]).first
+        by_name = {v.name: v for v in instances}
+        # Mirrokni et al.: capacity counts the request being placed.
+        bound = math.ceil((1 + self.epsilon) * (sum(v.load for v in instances) + 1) / len(instances))
+        walk = ring.candidates(affinity_key(request), len(instances))
+        for rank, name in enumerate(walk):
+            view = by_name[name]
+            if view.load + 1 <= bound:
+                return decide(view, instances, "owner" if rank == 0 else "bounded-load")
+        return decide(min(instances, key=load_order), instances, "bounded-load")
+
+
+class SessionAffinity(NoHooks):
+    name = "session"
+
+    def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
+        session = request.session_id
+        if not session:
+            return decide(min(instances, key=load_order), instances, "no-session")
+        data = session.encode()
+        chosen = max(instances, key=lambda v: (xxhash.xxh3_64_intdigest(data + b"\x00" + v.name.encode()), v.name))
+        return decide(chosen, instances, "session")

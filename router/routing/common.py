@@ -1,0 +1,44 @@
+"""Small pieces every router shares: the affinity key, load ordering and no-op lifecycle hooks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pools.model import Endpoint
+from router.routing.base import InstanceView, RouteDecision, RouteRequest
+from router.routing.ring import Key
+
+
+def affinity_key(request: RouteRequest, use_session: bool = False) -> Key:
+    """The routing key: the session id when asked for and present, else the prefix chain hash at
+    block min(n_blocks, key_blocks); an empty prompt keys on its request id so it spreads."""
+    if use_session and request.session_id:
+        return request.session_id
+    hashes = request.prefix_hashes
+    if not hashes:
+        return request.request_id
+    return hashes[min(len(hashes), max(1, request.key_blocks)) - 1]
+
+
+def load_order(view: InstanceView) -> tuple[int, str]:
+    """Sort key: least loaded first, ties by name so every replica breaks them the same way."""
+    return view.load, view.name
+
+
+def decide(chosen: InstanceView, instances: Sequence[InstanceView], reason: str) -> RouteDecision:
+    """`chosen` first, the others as fallbacks from least to most loaded."""
+    rest = sorted((v for v in instances if v is not chosen), key=load_order)
+    return RouteDecision((chosen.endpoint, *(v.endpoint for v in rest)), reason)
+
+
+class NoHooks:
+    """Lifecycle hooks for routers that keep no per-request state."""
+
+    def on_dispatch(self, request: RouteRequest, endpoint: Endpoint, now_s: float) -> None:
+        return None
+
+    def on_first_token(self, request: RouteRequest, endpoint: Endpoint, now_s: float) -> None:
+        return None
+
+    def on_finish(self, request: RouteRequest, endpoint: Endpoint, now_s: float, ok: bool) -> None:
+        return None
