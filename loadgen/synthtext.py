@@ -10,19 +10,26 @@ BPE tokenizer (a bare vLLM target) also sees about one or two tokens per word, n
 from __future__ import annotations
 
 import hashlib
-
-import numpy as np
+from functools import cache
 
 from pools.tokens import CHARS_PER_TOKEN
 
 _CONSONANTS = "bdfghklmnprstvwz"
 _VOWELS = "aeio"
 _ENDINGS = "lmnr"
-_WORD_TABLE = np.frombuffer(
-    "".join(f"{c}{v}{e} " for c in _CONSONANTS for v in _VOWELS for e in _ENDINGS).encode("ascii"),
-    dtype=np.uint8,
-).reshape(256, CHARS_PER_TOKEN)
-"""256 distinct 3-letter words plus a space: one byte of the key stream picks one word (token)."""
+
+
+@cache
+def _word_table():
+    """256 distinct 3-letter words plus a space: one byte of the key stream picks one word (token).
+
+    Built on first use so `fleetgate --help` does not import numpy.
+    """
+    import numpy as np
+
+    words = "".join(f"{c}{v}{e} " for c in _CONSONANTS for v in _VOWELS for e in _ENDINGS)
+    return np.frombuffer(words.encode("ascii"), dtype=np.uint8).reshape(256, CHARS_PER_TOKEN)
+
 
 BLOCK_TOKENS = 512
 """Mooncake's hash ids name 512-token blocks."""
@@ -32,8 +39,8 @@ def filler_text(key: str, n_tokens: int) -> str:
     """`n_tokens` words (exactly n_tokens * 4 ASCII chars) determined by `key` alone."""
     if n_tokens <= 0:
         return ""
-    stream = np.frombuffer(hashlib.shake_128(key.encode("utf-8")).digest(n_tokens), dtype=np.uint8)
-    return _WORD_TABLE[stream].tobytes().decode("ascii")
+    stream = bytearray(hashlib.shake_128(key.encode("utf-8")).digest(n_tokens))
+    return _word_table()[stream].tobytes().decode("ascii")
 
 
 class BlockTexts:
