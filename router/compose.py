@@ -1,0 +1,111 @@
+"""The composition root: settings -> the gateway's components, wired once per process.
+
+Nothing else constructs components; `api.create_app(build_runtime(settings))` is the whole gateway,
+used as is by the bare ASGI server, the tests and each Ray Serve replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pools.config import FleetConfig, load_fleet, single_pool_fleet
+from pools.registry import FleetRegistry, HealthPolicy
+from router.api import create_app
+from router.errors import InvalidRequestError
+from router.gateway import Gateway
+from router.metrics import GatewayMetrics
+from router.proxy import ProxyTimeouts, UpstreamClient
+from router.request import ApiKind
+from router.routing.registry import make_router
+from router.static_planner import StaticPlanner
+
+log = logging.getLogger("fleetgate.gateway")
+
+
+class GatewaySettings(BaseModel):
+    """Everything a gateway process is configured with (CLI flags, serve.yaml args)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet: str | None = Field(default=None, description="fleet YAML (pools and instances)")
+    worker_urls: tuple[str, ...] = Field(default=(), description="quick start: one pool of these vLLM URLs")
+    model: str | None = Field(default=None, description="quick start: the model the worker URLs serve")
+    gpu: str = "h100"
+    router: str = Field(default="dualmap", description="routing algorithm when no policy file is given")
+    ttft_slo_ms: float | None = Field(default=None, gt=0)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    nonstream_timeout_s: float = Field(default=600.0, gt=0, description="whole answer of a non-streaming request")
+    probe_interval_s: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _one_fleet_source(self) -> "GatewaySettings":
+        if (self.fleet is None) == (not self.worker_urls):
+            raise ValueError("give exactly one of `fleet` (a fleet file) or `worker_urls` (with `model`)")
+        if self.worker_urls and not self.model:
+            raise ValueError("`worker_urls` needs `model`: the model name those instances serve")
+        return self
+
+    def fleet_config(self) -> FleetConfig:
+        if self.fleet is not None:
+            return load_fleet(self.fleet)
+        return single_pool_fleet(list(self.worker_urls), self.model or "", gpu=self.gpu)
+
+
+class Runtime:
+    """The components of one gateway process and their start/stop (the app's lifespan)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        pools = settings.fleet_config().to_pools()
+        self.registry = FleetRegistry(pools, policy=HealthPolicy(probe_interval_s=settings.probe_interval_s))
+        self.upstream = UpstreamClient(ProxyTimeouts(
+            connect_s=settings.connect_timeout_s,
+            first_byte_s=settings.first_byte_timeout_s,
+            idle_s=settings.idle_timeout_s,
+            nonstream_response_s=settings.nonstream_timeout_s,
+        ))
+        ttft_slo_s = settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None
+        self.planner = StaticPlanner(pools, settings.router, ttft_slo_s=ttft_slo_s)
+        self.gateway = Gateway(
+            registry=self.registry,
+            planner=self.planner,
+            upstream=self.upstream,
+            metrics=GatewayMetrics(CollectorRegistry()),
+            router_factory=make_router,
+            max_attempts=settings.max_attempts,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.registry.refresh(self.upstream.session)  # serve with a real picture from the first request
+        self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.session), name="fleet-refresh"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.upstream.close()
+
+    def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]:
+        """The plan a request would get, without sending it (admin endpoint)."""
+        raise InvalidRequestError("explain needs a policy file; the static planner serves every pool of the model")
+
+
+def build_asgi_app(settings: GatewaySettings) -> Any:
+    """The gateway as an ASGI app (its lifespan starts and stops the runtime)."""
+    return create_app(Runtime(settings))
+

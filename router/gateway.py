@@ -1,0 +1,306 @@
+"""Gateway.handle(): plan -> cache -> route -> proxy -> record, for one parsed request.
+
+Framework-free: `api.py` turns the returned `GatewayResponse` into HTTP. Everything a request
+needs is already in memory (fleet snapshot, router state, local load); the only awaits are the
+backend and, when the category allows caching, the semantic cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Mapping
+
+import orjson
+
+from pools.clock import Clock, monotonic_clock
+from pools.model import Endpoint, FleetSnapshot
+from pools.registry import FleetRegistry
+from pools.tokens import count_tokens
+from router.completion_text import completion_from_body, completion_from_sse
+from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
+from router.metrics import GatewayMetrics
+from router.plan import CacheHit, CacheMiss, Planner, ResponseCache, RoutePlan
+from router.proxy import UpstreamClient, UpstreamResponse
+from router.request import InferenceRequest
+from router.routing.base import InstanceView, RouteDecision, RouteRequest, Router
+from router.routing.prefix import prefix_hashes, render_chat
+
+log = logging.getLogger("fleetgate.gateway")
+
+_API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class GatewayResponse:
+    """What to send back: a full body, or a stream of SSE bytes (exactly one of them)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class LocalLoad:
+    """What this replica itself has in flight per instance (added to the scraped load)."""
+
+    inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    queued_prefill_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def routing_text(request: InferenceRequest) -> str:
+    """The canonical text whose prefix decides affinity (chat rendered with roles and tools)."""
+    if request.messages is not None:
+        return render_chat(request.messages, request.tools)
+    return request.prompt or ""
+
+
+class Gateway:
+    """One per process; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        registry: FleetRegistry,
+        planner: Planner,
+        upstream: UpstreamClient,
+        metrics: GatewayMetrics,
+        router_factory: Callable[[str], Router],
+        cache: ResponseCache | None = None,
+        clock: Clock = monotonic_clock,
+        max_attempts: int = 3,
+    ) -> None:
+        self.registry = registry
+        self.planner = planner
+        self.upstream = upstream
+        self.metrics = metrics
+        self.cache = cache
+        self._router_factory = router_factory
+        self._routers: dict[tuple[str, str], Router] = {}
+        self.clock = clock
+        self._max_attempts = max_attempts
+        self._local = LocalLoad()
+
+    async def handle(self, request: InferenceRequest, raw_body: bytes, headers: Mapping[str, str]) -> GatewayResponse:
+        """Serve one request; raises a GatewayError the API layer turns into an OpenAI error."""
+        plan = await self.planner.plan(request)
+        self.metrics.policy_rules.labels(plan.rule).inc()
+        miss: CacheMiss | None = None
+        if self.cache is not None and plan.cache_policy is not None:
+            lookup = await self.cache.lookup(request, plan)
+            outcome = {CacheHit: "hit", CacheMiss: "miss"}.get(type(lookup), "bypass")
+            self.metrics.cache_lookups.labels(plan.profile.category, outcome).inc()
+            if isinstance(lookup, CacheHit):
+                return self._cache_hit_response(request, plan, lookup)
+            if isinstance(lookup, CacheMiss):
+                miss = lookup
+        route_request = self._route_request(request, plan)
+        pool, router, decision = self._route(route_request, plan)
+        forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
+        if "authorization" in headers:
+            forward_headers["Authorization"] = headers["authorization"]
+        upstream, flight, attempts = await self._open(request, raw_body, forward_headers, route_request,
+                                                      pool, router, decision)
+        response_headers = {
+            "x-request-id": request.request_id,
+            "x-fleetgate-pool": pool,
+            "x-fleetgate-instance": flight.endpoint.name,
+            "x-fleetgate-route": decision.reason if attempts == 1 else f"{decision.reason}+retry",
+            "x-fleetgate-rule": plan.rule,
+        }
+        flight.first_byte()
+        if request.stream and upstream.status == 200:
+            return GatewayResponse(200, response_headers, stream=self._relay(request, upstream, flight, miss),
+                                   content_type=upstream.content_type)
+        try:
+            body = await upstream.read_all()
+        except UpstreamError:
+            flight.finish(ok=False, error_kind="broken")
+            raise
+        finally:
+            upstream.close()
+        flight.finish(ok=upstream.status < 400, status=upstream.status)
+        if miss is not None and upstream.status == 200:
+            await self._store(miss, completion_from_body(request.api, body))
+        return GatewayResponse(upstream.status, response_headers, body=body, content_type=upstream.content_type)
+
+    def router_for(self, pool: str, name: str) -> Router:
+        """The replica-local router object of (pool, algorithm), built on first use."""
+        key = (pool, name)
+        router = self._routers.get(key)
+        if router is None:
+            router = self._routers[key] = self._router_factory(name)
+        return router
+
+    def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
+        text = routing_text(request)
+        return RouteRequest(
+            request_id=request.request_id,
+            prefix_hashes=prefix_hashes(text),
+            prompt_tokens=plan.profile.prompt_tokens or count_tokens(text),
+            expected_output_tokens=plan.profile.output_tokens,
+            session_id=request.session_id,
+            ttft_slo_s=plan.ttft_slo_s,
+            key_blocks=plan.key_blocks,
+            category=plan.profile.category,
+        )
+
+    def _route(self, route_request: RouteRequest, plan: RoutePlan) -> tuple[str, Router, RouteDecision]:
+        """The first pool of the plan with a healthy instance, its router, and the router's order."""
+        snapshot = self.registry.snapshot
+        for pool in plan.pools:
+            healthy = snapshot.healthy(pool)
+            if not healthy:
+                continue
+            router = self.router_for(pool, plan.router)
+            decision = router.route(route_request, self._views(snapshot, healthy), self.clock())
+            reason = decision.reason if pool == plan.pools[0] else f"{decision.reason}+spill"
+            self.metrics.route_decisions.labels(pool, plan.router, reason).inc()
+            return pool, router, decision
+        raise NoHealthyInstanceError(f"no healthy instance in pool(s) {', '.join(plan.pools)} for model "
+                                     f"{plan.profile.model!r}; retry later")
+
+    def _views(self, snapshot: FleetSnapshot, endpoints: tuple[Endpoint, ...]) -> list[InstanceView]:
+        local = self._local
+        return [
+            InstanceView(
+                endpoint=endpoint,
+                profile=endpoint.profile,
+                waiting=(state := snapshot.state(endpoint)).waiting,
+                running=state.running,
+                kv_usage_ratio=state.kv_usage_ratio,
+                local_inflight=local.inflight[endpoint.name],
+                local_queued_prefill_tokens=local.queued_prefill_tokens[endpoint.name],
+            )
+            for endpoint in endpoints
+        ]
+
+    async def _open(
+        self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
+        route_request: RouteRequest, pool: str, router: Router, decision: RouteDecision,
+    ) -> tuple[UpstreamResponse, "_Flight", int]:
+        """Send to the decision's instances in order until one gives a first byte (bounded)."""
+        last_error: GatewayError | None = None
+        for attempt, endpoint in enumerate(decision.ordered[: self._max_attempts], start=1):
+            if attempt > 1:
+                self.metrics.retries.labels(pool).inc()
+            flight = _Flight(self, router, route_request, request, endpoint, pool)
+            try:
+                upstream = await self.upstream.open(endpoint.url + _API_PATHS[request.api], raw_body,
+                                                    forward_headers, stream=request.stream)
+            except UpstreamError as error:
+                self.registry.report_failure(endpoint, str(error))
+                flight.finish(ok=False, error_kind="timeout" if error.status == 504 else "refused")
+                last_error = error
+                continue
+            except BaseException:  # the client went away (cancellation) while we waited
+                flight.finish(ok=False, error_kind="client-gone")
+                raise
+            return upstream, flight, attempt
+        assert last_error is not None
+        raise last_error
+
+    async def _relay(self, request: InferenceRequest, upstream: UpstreamResponse, flight: "_Flight",
+                     miss: CacheMiss | None) -> AsyncIterator[bytes]:
+        """Pass SSE bytes through untouched; a failure after the first byte becomes an SSE error
+        event and a clean end. Closing this generator (client gone) closes the upstream request."""
+        kept: list[bytes] | None = [] if miss is not None else None
+        ok = False
+        error_kind = "client-gone"
+        try:
+            async for chunk in upstream.chunks():
+                flight.chunk(chunk)
+                if kept is not None:
+                    kept.append(chunk)
+                yield chunk
+            ok = True
+        except UpstreamError as error:
+            error_kind = "broken"
+            self.registry.report_failure(flight.endpoint, str(error))
+            yield b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE
+        finally:
+            upstream.close()
+            flight.finish(ok=ok, error_kind=None if ok else error_kind)
+        if ok and kept is not None and miss is not None:
+            await self._store(miss, completion_from_sse(request.api, b"".join(kept)))
+
+    async def _store(self, miss: CacheMiss, completion: tuple[str, str] | None) -> None:
+        """Remember a clean, complete answer; a cut or errored one is never stored."""
+        if completion is None or self.cache is None:
+            return
+        text, finish_reason = completion
+        await self.cache.store(miss, text, finish_reason)
+
+    def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit) -> GatewayResponse:
+        from cache.replay import replay_body, replay_sse  # TEMP until cache/replay.py lands
+
+        headers = {"x-request-id": request.request_id, "x-fleetgate-pool": "cache",
+                   "x-fleetgate-instance": "semantic-cache", "x-fleetgate-route": "cache-hit",
+                   "x-fleetgate-rule": plan.rule, "x-fleetgate-cache-similarity": f"{hit.similarity:.4f}"}
+        self.metrics.requests.labels(request.api, "cache", "semantic-cache", "cache-hit").inc()
+        if request.stream:
+            return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
+        return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
+
+
+class _Flight:
+    """Bookkeeping of one attempt at one instance: local load, router callbacks, metrics."""
+
+    __slots__ = ("_gateway", "_router", "_route_request", "_api", "_arrival_s", "endpoint", "pool",
+                 "_first_s", "_last_s", "_events", "_finished")
+
+    def __init__(self, gateway: Gateway, router: Router, route_request: RouteRequest,
+                 request: InferenceRequest, endpoint: Endpoint, pool: str) -> None:
+        self._gateway = gateway
+        self._router = router
+        self._route_request = route_request
+        self._api = request.api
+        self._arrival_s = request.arrival_s
+        self.endpoint = endpoint
+        self.pool = pool
+        self._first_s: float | None = None
+        self._last_s = 0.0
+        self._events = 0
+        self._finished = False
+        now_s = gateway.clock()
+        local = gateway._local
+        local.inflight[endpoint.name] += 1
+        local.queued_prefill_tokens[endpoint.name] += route_request.prompt_tokens
+        gateway.metrics.inflight.labels(pool, endpoint.name).inc()
+        router.on_dispatch(route_request, endpoint, now_s)
+
+    def first_byte(self) -> None:
+        now_s = self._gateway.clock()
+        self._first_s = self._last_s = now_s
+        self._gateway._local.queued_prefill_tokens[self.endpoint.name] -= self._route_request.prompt_tokens
+        self._gateway.metrics.ttft.labels(self.pool, self.endpoint.name).observe(now_s - self._arrival_s)
+        self._router.on_first_token(self._route_request, self.endpoint, now_s)
+
+    def chunk(self, data: bytes) -> None:
+        self._events += data.count(b"data:")
+        self._last_s = self._gateway.clock()
+
+    def finish(self, *, ok: bool, error_kind: str | None = None, status: int = 200) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        gateway, name = self._gateway, self.endpoint.name
+        now_s = gateway.clock()
+        gateway._local.inflight[name] -= 1
+        if self._first_s is None:
+            gateway._local.queued_prefill_tokens[name] -= self._route_request.prompt_tokens
+        metrics = gateway.metrics
+        metrics.inflight.labels(self.pool, name).dec()
+        if error_kind is not None:
+            metrics.upstream_errors.labels(self.pool, name, error_kind).inc()
+        if self._first_s is not None:
+            metrics.e2e.labels(self.pool, name).observe(now_s - self._arrival_s)
+            if self._events > 2:  # role chunk + tokens + [DONE]: gaps between token events
+                metrics.tpot.labels(self.pool, name).observe((self._last_s - self._first_s) / (self._events - 2))
+            outcome = error_kind or f"{status // 100}xx"
+            metrics.requests.labels(self._api, self.pool, name, outcome).inc()
+        self._router.on_finish(self._route_request, self.endpoint, now_s, ok)

@@ -1,0 +1,50 @@
+"""Every Prometheus metric of the gateway, defined in one place on an injected registry.
+
+Labels stay low-cardinality: pool, instance, api, route reason, outcome, category; never request
+ids or prompts. Histogram buckets span cached-prefix TTFTs (a few ms) to long queues (minutes).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TPOT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "fleetgate_requests_total", "Requests answered, by outcome (HTTP status class or 'cache-hit').",
+            ["api", "pool", "instance", "outcome"], registry=registry)
+        self.ttft = Histogram(
+            "fleetgate_time_to_first_token_seconds", "Gateway arrival to first upstream byte.",
+            ["pool", "instance"], buckets=_LATENCY_BUCKETS_S, registry=registry)
+        self.tpot = Histogram(
+            "fleetgate_time_per_output_token_seconds", "Mean gap between streamed chunks after the first.",
+            ["pool", "instance"], buckets=_TPOT_BUCKETS_S, registry=registry)
+        self.e2e = Histogram(
+            "fleetgate_e2e_request_latency_seconds", "Gateway arrival to the last byte.",
+            ["pool", "instance"], buckets=_LATENCY_BUCKETS_S, registry=registry)
+        self.inflight = Gauge(
+            "fleetgate_requests_in_flight", "Requests sent to an instance and not finished.",
+            ["pool", "instance"], registry=registry)
+        self.route_decisions = Counter(
+            "fleetgate_route_decisions_total", "Routing decisions by router and reason.",
+            ["pool", "router", "reason"], registry=registry)
+        self.upstream_errors = Counter(
+            "fleetgate_upstream_errors_total", "Upstream failures (refused, 5xx, timeout, broken stream).",
+            ["pool", "instance", "kind"], registry=registry)
+        self.retries = Counter(
+            "fleetgate_retries_total", "Requests re-sent to another instance before the first byte.",
+            ["pool"], registry=registry)
+        self.rejected = Counter(
+            "fleetgate_rejected_requests_total", "Requests refused by the gateway itself, by error code.",
+            ["code"], registry=registry)
+        self.cache_lookups = Counter(
+            "fleetgate_cache_lookups_total", "Semantic cache lookups by category and outcome (hit, miss, bypass).",
+            ["category", "outcome"], registry=registry)
+        self.policy_rules = Counter(
+            "fleetgate_policy_rule_matches_total", "Requests by the policy rule that planned them.",
+            ["rule"], registry=registry)

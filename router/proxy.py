@@ -1,0 +1,113 @@
+"""The upstream side: one pooled aiohttp session per process, bytes passed through unparsed.
+
+`open()` sends the client's body unchanged and returns only once the first chunk of the answer
+has arrived, so the caller can still try another instance when this one refuses, fails with a
+5xx or hangs; after that, `chunks()` relays the rest as it comes. Timeouts are ours and per phase
+(connect, first byte, idle between chunks); there is deliberately no end-to-end cap, which would
+cut long streams. Closing an `UpstreamResponse` closes its connection, which is how vLLM learns
+that the client went away and aborts the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Mapping
+
+import aiohttp
+
+from router.errors import UpstreamError, UpstreamTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTimeouts:
+    connect_s: float = 2.0
+    first_byte_s: float = 60.0  # streaming: queueing + prefill of one request
+    nonstream_response_s: float = 600.0  # non-streaming: the whole generation is the first byte
+    idle_s: float = 60.0  # between two chunks of a stream
+
+
+class UpstreamResponse:
+    """An upstream answer whose status, headers and first chunk are known."""
+
+    def __init__(self, response: aiohttp.ClientResponse, first_chunk: bytes, idle_s: float) -> None:
+        self._response = response
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "application/json")
+        self.first_chunk = first_chunk
+        self._idle_s = idle_s
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The first chunk, then each further chunk as it arrives; raises UpstreamError when the
+        instance breaks the stream or stays silent longer than the idle timeout."""
+        yield self.first_chunk
+        content = self._response.content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise UpstreamTimeoutError(f"upstream silent for {self._idle_s:.0f}s mid-response") from None
+            except (aiohttp.ClientError, OSError) as error:
+                raise UpstreamError(f"upstream broke the response: {error.__class__.__name__}") from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Release the connection; if the body is unfinished the connection is dropped, not reused."""
+        self._response.close()
+
+
+class UpstreamClient:
+    """One shared, pooled HTTP client for every instance this process talks to."""
+
+    def __init__(self, timeouts: ProxyTimeouts = ProxyTimeouts()) -> None:
+        self.timeouts = timeouts
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open(self, url: str, body: bytes, headers: Mapping[str, str], *, stream: bool) -> UpstreamResponse:
+        """POST `body` to `url` and wait for the first chunk. Raises `UpstreamError` (retryable)
+        when the instance is unreachable, answers 5xx, or sends nothing in time; a 4xx answer is
+        returned like a success, since another instance would refuse the same request."""
+        limit_s = self.timeouts.first_byte_s if stream else self.timeouts.nonstream_response_s
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(limit_s):
+                response = await self.session.post(url, data=body, headers=headers)
+                first_chunk = await response.content.readany()
+        except TimeoutError:
+            if response is not None:
+                response.close()
+            raise UpstreamTimeoutError(f"no answer from the instance within {limit_s:.0f}s") from None
+        except (aiohttp.ClientError, OSError) as error:
+            if response is not None:
+                response.close()
+            raise UpstreamError(f"instance unreachable: {error.__class__.__name__}") from None
+        if response.status >= 500:
+            response.close()
+            raise UpstreamError(f"instance answered HTTP {response.status}")
+        return UpstreamResponse(response, first_chunk, self.timeouts.idle_s)

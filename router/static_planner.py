@@ -1,0 +1,35 @@
+"""The planner used when no policy file is given: every pool serving the model, one router.
+
+Pools are tried in the fleet file's order (the next one only when a pool has no healthy
+instance), so `fleetgate serve --worker-urls ... --model M` needs nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from pools.model import Pool
+from router.classify import WorkloadClassifier
+from router.errors import ModelNotFoundError
+from router.plan import RoutePlan
+from router.request import InferenceRequest
+
+
+class StaticPlanner:
+    def __init__(self, pools: Mapping[str, Pool], router: str, *, ttft_slo_s: float | None = None,
+                 classifier: WorkloadClassifier | None = None) -> None:
+        self._pools_by_model: dict[str, tuple[str, ...]] = {}
+        for pool in pools.values():
+            self._pools_by_model[pool.model] = self._pools_by_model.get(pool.model, ()) + (pool.name,)
+        self._router = router
+        self._ttft_slo_s = ttft_slo_s
+        self._classifier = classifier or WorkloadClassifier()
+
+    async def plan(self, request: InferenceRequest) -> RoutePlan:
+        pools = self._pools_by_model.get(request.model)
+        if pools is None:
+            known = ", ".join(sorted(self._pools_by_model)) or "none"
+            raise ModelNotFoundError(f"The model `{request.model}` does not exist. Models served here: {known}.",
+                                     param="model")
+        return RoutePlan(pools=pools, router=self._router, rule="default",
+                         profile=self._classifier.classify(request), ttft_slo_s=self._ttft_slo_s)
