@@ -30,12 +30,13 @@ def _cdf(values: list[float]) -> tuple[list[float], list[float]]:
     return ordered, [(i + 1) / n for i in range(n)]
 
 
-def _bins(times_s: list[float], span_s: float) -> list[float]:
-    """Counts per BIN_S-second bin divided by the bin length: a rate per second."""
+def _rate(times_s: list[float], span_s: float) -> tuple[list[float], list[float]]:
+    """(bin edges, events per second in each BIN_S bin), closed at the end so steps draw every bin."""
     counts = [0] * (int(span_s // BIN_S) + 1)
     for t in times_s:
-        counts[min(int(t // BIN_S), len(counts) - 1)] += 1
-    return [c / BIN_S for c in counts]
+        counts[min(max(int(t // BIN_S), 0), len(counts) - 1)] += 1
+    rates = [c / BIN_S for c in counts]
+    return [i * BIN_S for i in range(len(counts) + 1)], rates + rates[-1:]
 
 
 def plot_run(out_dir: Path, results: list[RequestResult], summary: dict[str, Any]) -> list[Path]:
@@ -57,13 +58,13 @@ def plot_run(out_dir: Path, results: list[RequestResult], summary: dict[str, Any
     sent = [r for r in results if r.sent_s is not None]
     span_s = max((r.scheduled_s for r in results), default=0.0)
     fig, (rate_ax, ttft_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    edges = [i * BIN_S for i in range(int(span_s // BIN_S) + 1)]
-    rate_ax.step(edges, _bins([r.scheduled_s for r in results], span_s), where="post", label="offered (trace)")
-    rate_ax.step(edges, _bins([r.sent_s for r in sent], span_s), where="post", label="sent", alpha=0.7)
+    rate_ax.step(*_rate([r.scheduled_s for r in results], span_s), where="post", label="offered (trace)")
+    rate_ax.step(*_rate([r.sent_s for r in sent], span_s), where="post", label="sent", alpha=0.7)
     dropped = [r.scheduled_s for r in results if r.error == "dropped"]
     if dropped:
-        rate_ax.step(edges, _bins(dropped, span_s), where="post", label="dropped (cap)", color="red")
+        rate_ax.step(*_rate(dropped, span_s), where="post", label="dropped (cap)", color="red")
     rate_ax.set(ylabel="requests / s", title="Request rate and TTFT over time")
+    rate_ax.set_ylim(bottom=0)
     rate_ax.legend(loc="upper right")
     rate_ax.grid(alpha=0.3)
     ttft_ax.scatter([r.sent_s for r in ok], [r.ttft_ms for r in ok], s=4, alpha=0.5, label="TTFT per request")
@@ -85,8 +86,9 @@ def plot_run(out_dir: Path, results: list[RequestResult], summary: dict[str, Any
         share_ax.barh(instances, [stats[i]["share_ratio"] * 100 for i in instances])
         share_ax.set(xlabel="share of requests (%)", title="Per-instance share")
         for name in instances:
-            load_ax.plot(edges, _bins([r.sent_s for r in sent if r.instance == name], span_s), label=name)
-        load_ax.set(xlabel="time since start (s)", ylabel="requests / s", title="Per-instance load over time")
+            load_ax.step(*_rate([r.sent_s for r in sent if r.instance == name], span_s), where="post", label=name)
+        load_ax.set(xlabel="time since start (s)", ylabel="requests sent / s", title="Per-instance load over time")
+        load_ax.set_ylim(bottom=0)
         load_ax.legend(loc="upper right", fontsize="small", ncol=2)
         load_ax.grid(alpha=0.3)
         paths.append(_save(fig, out_dir / "instances.png"))
