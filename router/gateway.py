@@ -18,6 +18,7 @@ from pools.clock import Clock, monotonic_clock
 from pools.model import Endpoint, FleetSnapshot
 from pools.registry import FleetRegistry
 from pools.tokens import count_tokens
+from cache.replay import replay_body, replay_sse
 from router.completion_text import completion_from_body, completion_from_sse
 from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
 from router.metrics import GatewayMetrics
@@ -236,8 +237,6 @@ class Gateway:
         await self.cache.store(miss, text, finish_reason)
 
     def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit) -> GatewayResponse:
-        from cache.replay import replay_body, replay_sse  # TEMP until cache/replay.py lands
-
         headers = {"x-request-id": request.request_id, "x-fleetgate-pool": "cache",
                    "x-fleetgate-instance": "semantic-cache", "x-fleetgate-route": "cache-hit",
                    "x-fleetgate-rule": plan.rule, "x-fleetgate-cache-similarity": f"{hit.similarity:.4f}"}
