@@ -1,0 +1,362 @@
+"""An aiohttp server that speaks vLLM's OpenAI API on top of the engine model.
+
+One asyncio task drives the engine: it runs a step, sleeps the step's duration (times
+`time_scale`: below 1 the instance runs faster than real time), then hands each request the
+tokens the step produced. Emulated time follows the wall clock divided by time_scale, so every
+time the server reports (metrics histograms) is in emulated seconds, and a driver that falls
+behind (an overloaded CPU) shows up as latency instead of being hidden.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (SSE or not), GET /v1/models,
+GET /health, GET /metrics. Test-only: POST /admin/fault {"mode": ...} flips failure behaviour
+(see `FAULT_MODES`), GET /admin/stats returns the engine's counters as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from pools.clock import Clock, monotonic_clock
+from pools.emulator.engine import Engine, EngineRequest, EngineStats, RequestStats, StepOutput
+from pools.emulator.metrics import EmulatorMetrics
+from pools.emulator.protocol import (
+    DONE_EVENT,
+    ApiKind,
+    BadRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    chunk_event,
+    error_body,
+    parse_request,
+    response_body,
+    usage,
+)
+from pools.emulator.text import answer_seed, answer_text, render_chat_prompt
+from pools.profiles import GpuProfile, get_profile
+from pools.tokens import count_tokens, kv_block_hashes
+
+log = logging.getLogger("fleetgate.emulator")
+
+FAULT_MODES = ("ok", "hang", "reset")
+"""Test-only failure modes, besides an HTTP status ("503", "500", "429", ...) that inference
+endpoints and /health answer with: "hang" accepts inference requests and never sends a byte
+(health stays 200, as a wedged engine does); "reset" closes the connection after the first
+streamed chunk (or before a non-streamed answer)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Job:
+    """A validated generation request."""
+
+    kind: ApiKind
+    prompt_text: str
+    prompt_tokens: int
+    max_tokens: int
+    seed: int
+    stream: bool
+    include_usage: bool
+
+
+class _Pending:
+    """Delivery state of one request in flight: the driver puts token counts, then its stats."""
+
+    __slots__ = ("queue", "arrival_s", "started")
+
+    def __init__(self, arrival_s: float) -> None:
+        self.queue: asyncio.Queue[int | RequestStats] = asyncio.Queue()
+        self.arrival_s = arrival_s
+        self.started = False
+
+
+def _parse_fault(mode: object) -> str:
+    text = str(mode)
+    if text in FAULT_MODES or (text.isdigit() and 400 <= int(text) <= 599):
+        return text
+    raise ValueError(f"unknown fault mode {mode!r}; use one of {', '.join(FAULT_MODES)} or an HTTP status 400-599")
+
+
+class EmulatorServer:
+    """One emulated vLLM instance: engine, driver task, HTTP app."""
+
+    def __init__(
+        self,
+        profile: GpuProfile | str,
+        model: str,
+        *,
+        time_scale: float = 1.0,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | None = None,
+        enable_prefix_caching: bool = True,
+        default_max_tokens: int = 256,
+        clock: Clock = monotonic_clock,
+        fail_with_status: int | None = None,
+        hang_before_first_byte: bool = False,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        base = get_profile(profile) if isinstance(profile, str) else profile
+        self.profile = dataclasses.replace(base, max_model_len=max_model_len) if max_model_len else base
+        self.model = model
+        self.time_scale = time_scale
+        self.default_max_tokens = default_max_tokens
+        self.engine = Engine(self.profile, kv_cache_tokens=kv_cache_tokens, enable_prefix_caching=enable_prefix_caching)
+        self.metrics = EmulatorMetrics(self.engine.stats, model)
+        self.fault = _parse_fault(fail_with_status) if fail_with_status else ("hang" if hang_before_first_byte else "ok")
+        self._clock = clock
+        self._wall0 = clock()
+        self._engine_end_s = 0.0
+        self._pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._driver: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.app = self._build_app()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/admin/fault", self._admin_fault)
+        app.router.add_get("/admin/stats", self._admin_stats)
+        app.on_startup.append(self._start_driver)
+        app.on_cleanup.append(self._stop_driver)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0: a free port); returns the base URL (OpenAI API under /v1)."""
+        # handler_cancellation: a client that disconnects cancels its handler, which aborts the request.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _start_driver(self, _app: web.Application) -> None:
+        self._driver = asyncio.get_running_loop().create_task(self._drive(), name=f"emulator-driver-{self.model}")
+
+    async def _stop_driver(self, _app: web.Application) -> None:
+        if self._driver is not None:
+            self._driver.cancel()
+            try:
+                await self._driver
+            except asyncio.CancelledError:
+                pass
+
+    # -- time and the engine loop ---------------------------------------------------------------
+
+    def now_s(self) -> float:
+        """Emulated seconds since the server was built."""
+        return (self._clock() - self._wall0) / self.time_scale
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def _drive(self) -> None:
+        while True:
+            if not self.engine.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            start_s = max(self.now_s(), self._engine_end_s)
+            out = self.engine.step(start_s)
+            end_s = start_s + out.duration_s
+            self._engine_end_s = end_s
+            delay = self._wall0 + end_s * self.time_scale - self._clock()
+            await asyncio.sleep(delay if delay > 0 else 0)
+            self._deliver(out, end_s)
+
+    def _deliver(self, out: StepOutput, end_s: float) -> None:
+        for request_id, count in out.new_tokens.items():
+            pending = self._pending.get(request_id)
+            if pending is None:
+                continue
+            if not pending.started:
+                pending.started = True
+                self.metrics.ttft.observe(end_s - pending.arrival_s)
+            pending.queue.put_nowait(count)
+        for stats in out.finished:
+            self.metrics.e2e.observe(stats.finished_s - stats.arrival_s)
+            pending = self._pending.get(stats.request_id)
+            if pending is not None:
+                pending.queue.put_nowait(stats)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completion")
+
+    async def _generate(self, request: web.Request, kind: ApiKind) -> web.StreamResponse:
+        fault = self.fault
+        if fault.isdigit():
+            return _error(f"emulated failure (fault mode {fault})", int(fault))
+        try:
+            job = self._job(parse_request(await request.read(), kind), kind)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status, exc.param)
+        if fault == "hang":
+            await asyncio.Event().wait()  # until the client gives up (its disconnect cancels us)
+        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        arrival_s = self.now_s()
+        pending = _Pending(arrival_s)
+        self._pending[request_id] = pending
+        self.engine.add(
+            EngineRequest(request_id, tuple(kv_block_hashes(job.prompt_text)), job.prompt_tokens, job.max_tokens, arrival_s)
+        )
+        self._wake.set()
+        try:
+            if job.stream:
+                return await self._stream(request, job, request_id, pending)
+            return await self._complete(request, job, request_id, pending)
+        finally:
+            # Finished requests are already gone from the engine; anything else (disconnect) is aborted.
+            self._pending.pop(request_id, None)
+            if self.engine.abort(request_id, now_s=self.now_s()) is not None:
+                log.debug("aborted %s", request_id)
+
+    def _job(self, body: ChatCompletionRequest | CompletionRequest, kind: ApiKind) -> _Job:
+        """Render the prompt and check it against the model, as vLLM's serving layer does."""
+        if body.model is not None and body.model != self.model:
+            raise BadRequest(f"The model `{body.model}` does not exist.", status=404, param="model")
+        if isinstance(body, ChatCompletionRequest):
+            text = render_chat_prompt([m.model_dump(exclude_none=True) for m in body.messages], body.tools)
+            requested = body.max_completion_tokens or body.max_tokens
+        else:
+            text = _prompt_text(body.prompt)
+            requested = body.max_tokens
+        prompt_tokens = count_tokens(text)
+        limit = self.engine.max_model_len
+        param = "messages" if kind == "chat" else "prompt"
+        if prompt_tokens >= limit:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, your request has "
+                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
+                param=param,
+            )
+        max_tokens = requested if requested is not None else min(self.default_max_tokens, limit - prompt_tokens)
+        if prompt_tokens + max_tokens > limit:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param=param,
+            )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _Job(kind, text, prompt_tokens, max_tokens, answer_seed(text, body.seed), body.stream, include_usage)
+
+    async def _complete(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.Response:
+        while not isinstance(stats := await pending.queue.get(), RequestStats):
+            pass
+        if self.fault == "reset" and request.transport is not None:
+            request.transport.close()
+        text = answer_text(job.seed, 0, stats.output_tokens)
+        body = response_body(
+            job.kind, request_id, int(time.time()), self.model, text, stats.finish_reason,
+            usage(stats.prompt_tokens, stats.output_tokens, stats.cached_tokens),
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    async def _stream(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        created = int(time.time())
+        event = lambda **kw: chunk_event(job.kind, request_id, created, self.model, **kw)  # noqa: E731
+        sent = 0
+        try:
+            while True:
+                items = [await pending.queue.get()]
+                while not pending.queue.empty():  # a slow reader gets the backlog in one chunk, as vLLM merges deltas
+                    items.append(pending.queue.get_nowait())
+                count = sum(i for i in items if isinstance(i, int))
+                done = next((i for i in items if isinstance(i, RequestStats)), None)
+                events: list[bytes] = []
+                if sent == 0 and job.kind == "chat":
+                    events.append(event(role=True))
+                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and done.finish_reason))
+                sent += count
+                if done is not None:
+                    if job.include_usage:
+                        events.append(event(usage_=usage(done.prompt_tokens, done.output_tokens, done.cached_tokens)))
+                    events.append(DONE_EVENT)
+                await response.write(b"".join(events))
+                if self.fault == "reset" and request.transport is not None:
+                    request.transport.close()
+                    return response
+                if done is not None:
+                    await response.write_eof()
+                    return response
+        except ConnectionResetError:
+            return response  # the client went away; the caller aborts the request
+
+    # -- other endpoints ------------------------------------------------------------------------
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        card = {
+            "id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+            "root": self.model, "parent": None, "max_model_len": self.engine.max_model_len,
+        }
+        return _json({"object": "list", "data": [card]})
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        if self.fault.isdigit():
+            return _error(f"emulated failure (fault mode {self.fault})", int(self.fault))
+        return web.Response(status=200)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _admin_fault(self, request: web.Request) -> web.Response:
+        try:
+            self.fault = _parse_fault(orjson.loads(await request.read()).get("mode"))
+        except (ValueError, AttributeError) as exc:
+            return _error(str(exc), 400)
+        log.info("%s fault mode -> %s", self.url, self.fault)
+        return _json({"mode": self.fault})
+
+    async def _admin_stats(self, _request: web.Request) -> web.Response:
+        return _json(dataclasses.asdict(self.engine.stats()))
+
+
+def _prompt_text(prompt: str | list[str] | list[int]) -> str:
+    """A completions prompt as text; token ids become 4 characters each so counts stay exact."""
+    if isinstance(prompt, str):
+        text = prompt
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        text = "".join(f"{int(t) & 0xFFFF:04x}" for t in prompt)
+    elif len(prompt) == 1:
+        text = str(prompt[0])
+    else:
+        raise BadRequest("the emulator serves one prompt per request", param="prompt")
+    if not text:
+        raise BadRequest("The prompt must not be empty", param="prompt")
+    return text
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _error(message: str, status: int, param: str | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(message, status, param), content_type="application/json")
+
