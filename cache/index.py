@@ -70,6 +70,11 @@ class VectorIndex:
         return entry_id in self._label_of
 
     @property
+    def deleted_slots(self) -> int:
+        """Marked-deleted slots not yet reused (many of them degrade the graph: compact)."""
+        return self._deleted
+
+    @property
     def capacity(self) -> int:
         return self._graph.get_max_elements()
 
@@ -186,5 +191,9 @@ class NamespacedIndex:
         """Live entries per namespace (for the entries-per-namespace gauge)."""
         return {namespace: len(graph) for namespace, graph in self._graphs.items()}
 
-    def clear(self) -> None:
-        self._graphs.clear()
+    def namespaces(self) -> list[Namespace]:
+        return list(self._graphs)
+
+    def swap(self, graphs: dict[Namespace, VectorIndex]) -> None:
+        """Replace every graph at once (the result of a full rebuild)."""
+        self._graphs = graphs
