@@ -22,7 +22,9 @@ which `fleet up` starts and the gateway then finds at the same URLs).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -141,3 +143,22 @@ def parse_fleet(text: str, source: str = "<string>") -> FleetConfig:
 def single_pool_fleet(urls: list[str], model: str, gpu: str = "h100", name: str = "default") -> FleetConfig:
     """The quick-start fleet: one pool of the given worker URLs (`fleetgate serve --worker-urls`)."""
     return FleetConfig(pools=[PoolConfig(name=name, model=model, gpu=gpu, instances=[InstanceConfig(url=u) for u in urls])])
+
+
+def fleet_from_pools(pools: Mapping[str, Pool]) -> FleetConfig:
+    """The fleet file of pools that are already running (e.g. an emulated fleet on free ports)."""
+    return FleetConfig(pools=[
+        PoolConfig(
+            name=pool.name,
+            model=pool.model,
+            gpu=pool.endpoints[0].gpu,
+            max_context_tokens=pool.max_context_tokens,
+            instances=[InstanceConfig(url=e.url, name=e.name, weight=e.weight, gpu=e.gpu) for e in pool.endpoints],
+        )
+        for pool in pools.values()
+    ])
+
+
+def dump_fleet(config: FleetConfig) -> str:
+    """YAML text that `load_fleet` reads back to an equal config."""
+    return yaml.safe_dump(config.model_dump(exclude_none=True, exclude_defaults=True), sort_keys=False)

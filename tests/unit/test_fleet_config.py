@@ -65,3 +65,13 @@ def test_an_instance_may_override_its_pools_gpu() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_fleet("pools:\n  - name: p\n    model: m\n    instances:\n      - url: http://h:1\n        gpu: tpu\n")
     assert "pools[0].instances[0].gpu" in str(caught.value)
+
+
+def test_running_pools_round_trip_through_a_fleet_file() -> None:
+    from pools.config import dump_fleet, fleet_from_pools
+
+    original = parse_fleet(
+        "pools:\n  - name: a\n    model: m\n    gpu: l4\n    max_context_tokens: 4096\n    instances:\n"
+        "      - url: http://127.0.0.1:9001\n        weight: 2\n      - url: http://127.0.0.1:9002\n        gpu: h100\n"
+    ).to_pools()
+    assert parse_fleet(dump_fleet(fleet_from_pools(original))).to_pools() == original
