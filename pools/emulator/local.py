@@ -1,5 +1,5 @@
-"""Emulated fleets on this machine: in-process for tests and benchmarks, or in a child process
-(for Ray tests and `fleetgate fleet up`, where the fleet must outlive or sit beside the caller).
+"""Emulated fleets in this process, for tests and benchmarks (pools/emulator/launcher.py runs
+them in a child process).
 
     async with run_emulated_fleet([("chat", "llama-3.1-8b", "l4", 2)], time_scale=0.1) as fleet:
         fleet.urls            # ["http://127.0.0.1:PORT", ...]
@@ -10,15 +10,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from pools.config import FleetConfig
 from pools.model import Endpoint, Pool
@@ -134,92 +127,3 @@ async def run_emulated_fleet(
         yield fleet
     finally:
         await fleet.stop()
-
-
-# -- a fleet in a child process ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FleetState:
-    """What a fleet process writes once every instance listens (the `fleet up` state file)."""
-
-    pid: int
-    pools: dict[str, list[str]]
-    specs: list[dict[str, Any]]
-
-    @property
-    def urls(self) -> list[str]:
-        return [url for urls in self.pools.values() for url in urls]
-
-    def to_pools(self) -> dict[str, Pool]:
-        return {
-            s["name"]: build_pool(s["name"], s["model"], s["gpu"], self.pools[s["name"]], s["max_model_len"])
-            for s in self.specs
-        }
-
-    def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": self.pid, "pools": self.pools, "specs": self.specs}, indent=2))
-        tmp.replace(path)  # atomic: a reader never sees half a file
-
-    @classmethod
-    def read(cls, path: Path) -> "FleetState":
-        data = json.loads(path.read_text())
-        return cls(int(data["pid"]), {k: list(v) for k, v in data["pools"].items()}, list(data["specs"]))
-
-
-def fleet_command(
-    *, fleet_file: str | None = None, specs: Sequence[str] = (), time_scale: float = 1.0, state_file: Path | None = None
-) -> list[str]:
-    """argv of the fleet process (`python -m pools.emulator.serve_fleet`)."""
-    argv = [sys.executable, "-m", "pools.emulator.serve_fleet", "--time-scale", str(time_scale)]
-    if fleet_file:
-        argv.append(fleet_file)
-    for spec in specs:
-        argv += ["--pool", spec]
-    if state_file is not None:
-        argv += ["--state-file", str(state_file)]
-    return argv
-
-
-def wait_for_state(process: subprocess.Popen[bytes], state_file: Path, timeout_s: float, log_file: Path | None = None) -> FleetState:
-    """Poll (bounded) until the child has written its state file; a child that dies first is an error."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if state_file.exists():
-            return FleetState.read(state_file)
-        if process.poll() is not None:
-            tail = log_file.read_text()[-2000:] if log_file and log_file.exists() else ""
-            raise RuntimeError(f"fleet process exited with status {process.returncode} before it was ready\n{tail}")
-        time.sleep(0.05)
-    raise TimeoutError(f"fleet process not ready after {timeout_s:.0f} s")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM, wait (bounded), SIGKILL only if it did not stop."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout_s)
-
-
-@contextlib.contextmanager
-def fleet_subprocess(specs: Sequence[PoolSpecLike], *, time_scale: float = 1.0, timeout_s: float = 30.0) -> Iterator[FleetState]:
-    """Run an emulated fleet in a child process (free ports) for as long as the block runs;
-    for callers that cannot host aiohttp servers in their own loop (Ray tests, sync fixtures)."""
-    as_text = [as_spec(s).to_arg() for s in specs]
-    with tempfile.TemporaryDirectory(prefix="fleetgate-fleet-") as tmp:
-        state_file = Path(tmp) / "fleet.json"
-        log_file = Path(tmp) / "fleet.log"
-        with open(log_file, "wb") as log:
-            process = subprocess.Popen(
-                fleet_command(specs=as_text, time_scale=time_scale, state_file=state_file),
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        try:
-            yield wait_for_state(process, state_file, timeout_s, log_file)
-        finally:
-            stop_process(process)

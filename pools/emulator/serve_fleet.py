@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pools.config import load_fleet
-from pools.emulator.local import EmulatedPoolSpec, FleetState, run_emulated_fleet, specs_from_fleet
+from pools.emulator.launcher import FleetState
+from pools.emulator.local import EmulatedPoolSpec, run_emulated_fleet, specs_from_fleet
 
 log = logging.getLogger("fleetgate.emulator")
 

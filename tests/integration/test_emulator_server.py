@@ -239,7 +239,7 @@ async def test_in_process_fleet_serves_every_pool() -> None:
 def test_fleet_in_a_child_process_starts_and_stops() -> None:
     import urllib.request
 
-    from pools.emulator.local import fleet_subprocess
+    from pools.emulator.launcher import fleet_subprocess
 
     with fleet_subprocess([("chat", MODEL, "l4", 2)], time_scale=0.1) as state:
         assert len(state.urls) == 2 and state.to_pools()["chat"].endpoints[1].url == state.urls[1]
@@ -247,3 +247,44 @@ def test_fleet_in_a_child_process_starts_and_stops() -> None:
             assert urllib.request.urlopen(url + "/health", timeout=5).status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(state.urls[0] + "/health", timeout=2)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_fleet_up_and_down_commands(tmp_path, capsys) -> None:
+    import urllib.request
+
+    from router.cli import main
+
+    ports = [free_port(), free_port()]
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(
+        "pools:\n"
+        f"  - {{name: small, model: {MODEL}, gpu: l4, count: 1, base_port: {ports[0]}}}\n"
+        f"  - {{name: big, model: {MODEL}, gpu: h100, count: 1, base_port: {ports[1]}}}\n"
+        "  - {name: remote, model: m, instances: [{url: 'http://10.0.0.1:8000'}]}\n"
+    )
+    state_dir = tmp_path / "state"
+    try:
+        assert main(["fleet", "up", str(fleet_file), "--time-scale", "0.1", "--state-dir", str(state_dir)]) == 0
+        out = capsys.readouterr().out
+        assert f"small: http://127.0.0.1:{ports[0]}" in out and "fleet up: 2 instances" in out
+        assert urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/health", timeout=5).status == 200
+        with pytest.raises(RuntimeError, match="already up"):
+            main(["fleet", "up", str(fleet_file), "--state-dir", str(state_dir)])
+        assert main(["fleet", "status", "--state-dir", str(state_dir)]) == 0
+        assert capsys.readouterr().out.count("healthy") == 2
+    finally:
+        assert main(["fleet", "down", "--state-dir", str(state_dir)]) == 0
+    assert "fleet down: stopped pid" in capsys.readouterr().out
+    assert not (state_dir / "fleet.json").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=2)
+    main(["fleet", "down", "--state-dir", str(state_dir)])
+    assert "no fleet is up" in capsys.readouterr().out
