@@ -68,6 +68,8 @@ class ClassifierConfig:
     topic_text_chars: int = 1000  # tail of the last user message used for topic detection
 
     def __post_init__(self) -> None:
+        if min(self.chat_output_tokens, self.completions_output_tokens, self.agentic_output_tokens, self.topic_text_chars) <= 0:
+            raise ValueError("expected output tokens and topic_text_chars must be positive")
         if not self.decode_heavy_max_ratio < self.prefill_heavy_min_ratio:
             raise ValueError("decode_heavy_max_ratio must be below prefill_heavy_min_ratio")
         if not 0 < self.short_max_tokens < self.medium_max_tokens < self.long_max_tokens:
@@ -145,18 +147,32 @@ class TopicClassifier:
                 return name
         return None
 
-    def classify(self, text: str) -> TopicMatch:
+    def without_embedding(self, text: str) -> TopicMatch | None:
+        """The keyword match, or the default when no embedding would help; None: embed `text`."""
         hit = self.keyword(text)
         if hit is not None:
             return TopicMatch(hit, 1.0, "keyword")
-        if self._matrix is None or self._embedder is None or not text.strip():
+        if self._matrix is None or not text.strip():
             return TopicMatch(self.default_category, 0.0, "default")
-        similarities = self._matrix @ np.asarray(self._embedder.embed([text]), dtype=np.float32)[0]
+        return None
+
+    def nearest(self, vector: np.ndarray) -> TopicMatch:
+        """The category of the exemplar closest to `vector` (an L2-normalised embedding)."""
+        if self._matrix is None:
+            return TopicMatch(self.default_category, 0.0, "default")
+        similarities = self._matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
         best = int(np.argmax(similarities))
         score = float(similarities[best])
         if score < self.min_similarity:
             return TopicMatch(self.default_category, score, "default")
         return TopicMatch(self._labels[best], score, "exemplar")
+
+    def classify(self, text: str) -> TopicMatch:
+        """Synchronous topic (embeds in the calling thread; the gateway embeds asynchronously)."""
+        match = self.without_embedding(text)
+        if match is not None or self._embedder is None:
+            return match or TopicMatch(self.default_category, 0.0, "default")
+        return self.nearest(self._embedder.embed([text])[0])
 
 
 def _is_agentic(tools: Any, messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -191,7 +207,11 @@ class WorkloadClassifier:
     config: ClassifierConfig = field(default_factory=ClassifierConfig)
     topics: TopicClassifier | None = None
 
-    def classify(self, request: InferenceRequest) -> WorkloadProfile:
+    def topic_text(self, request: InferenceRequest) -> str:
+        return _topic_text(request, self.config.topic_text_chars)
+
+    def classify(self, request: InferenceRequest, topic: TopicMatch | None = None) -> WorkloadProfile:
+        """The profile of `request`; `topic` when the caller already found it (asynchronously)."""
         config = self.config
         messages = request.messages or ()
         if request.messages is not None:
@@ -211,11 +231,8 @@ class WorkloadClassifier:
             output_tokens = config.chat_output_tokens
         else:
             output_tokens = config.completions_output_tokens
-        topic = (
-            self.topics.classify(_topic_text(request, config.topic_text_chars))
-            if self.topics is not None
-            else TopicMatch("general", 0.0, "default")
-        )
+        if topic is None:
+            topic = self.topics.classify(self.topic_text(request)) if self.topics is not None else TopicMatch("general", 0.0, "default")
         return WorkloadProfile(
             api=request.api,
             model=request.model,
