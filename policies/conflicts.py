@@ -19,7 +19,7 @@ Union shadowing (a rule covered by several earlier rules together) is not detect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Mapping
 
 from policies.schema import CACHE_FROM_CATEGORY, CACHE_OFF, Policy, RouterSpec, Rule
@@ -138,6 +138,19 @@ def _intersect(a: Intervals, b: Intervals) -> Intervals:
     return _merge([(max(lo1, lo2), min(hi1, hi2)) for lo1, hi1 in a for lo2, hi2 in b])
 
 
+def _subtract(a: Intervals, b: Intervals) -> Intervals:
+    """The integers of `a` not in `b`."""
+    remaining = list(a)
+    for lo2, hi2 in b:
+        remaining = [
+            piece
+            for lo1, hi1 in remaining
+            for piece in ((lo1, min(hi1, lo2 - 1)), (max(lo1, hi2 + 1), hi1))
+            if piece[0] <= piece[1]
+        ]
+    return _merge(remaining)
+
+
 def _covers(a: Intervals, b: Intervals) -> bool:
     return all(any(lo1 <= lo2 and hi2 <= hi1 for lo1, hi1 in a) for lo2, hi2 in b)
 
@@ -217,8 +230,9 @@ def check_policy(policy: Policy, pools: Mapping[str, Pool] | None) -> list[Findi
     findings += _duplicate_names(policy)
     findings += _category_findings(policy)
     findings += _reference_findings(policy, context)
-    findings += _rule_region_findings(policy, context)
-    findings += _slo_findings(policy, context)
+    rule_findings, effective = _analyse_rules(policy, context)
+    findings += rule_findings
+    findings += _slo_findings(policy, context, effective)
     return findings
 
 
@@ -294,25 +308,50 @@ def _reference_findings(policy: Policy, context: _Context) -> list[Finding]:
     return findings
 
 
-def _rule_region_findings(policy: Policy, context: _Context) -> list[Finding]:
-    findings = []
+def _analyse_rules(policy: Policy, context: _Context) -> tuple[list[Finding], list[Region | None]]:
+    """Dead and overlapping rules, and each rule's effective region (None: it never matches).
+
+    The effective region drops the prompt-token ranges that earlier rules take entirely (an earlier
+    rule that, apart from prompt length, matches everything this one does). That finds rules
+    covered by several earlier rules together when they split the prompt range, and keeps the
+    SLO check to prompts a rule really receives. The defaults' region comes last.
+    """
+    findings: list[Finding] = []
     universe = context.universe()
-    regions = [context.region(rule) for rule in policy.rules]
+    everything = universe.prompt_tokens
+    catch_all = Rule(name="defaults", pools=policy.defaults.pools)
+    effective: list[Region | None] = []
     live: list[int] = []  # rules that can match something
-    for j, (rule, region) in enumerate(zip(policy.rules, regions)):
+    for j, rule in enumerate([*policy.rules, catch_all]):
+        is_default = j == len(policy.rules)
         path = f"rules[{j}]"
+        region = universe if is_default else context.region(rule)
         if context.pools is not None and rule.pools and not any(p in context.pools for p in rule.pools):
-            continue  # every pool is unknown: already an error, and its region means nothing
+            effective.append(None)  # every pool is unknown: already an error, and its region means nothing
+            continue
         if region.empty:
             findings.append(Finding("error", f"{path}.match", f"rule {rule.name!r} can never match: {_why_empty(rule, region)}"))
+            effective.append(None)
             continue
-        shadow = next((i for i in live if regions[i].contains(region)), None)
-        if shadow is not None:
-            findings.append(Finding("error", f"{path}.match", f"rule {rule.name!r} can never match: rules[{shadow}] ({policy.rules[shadow].name}) comes first and matches everything it would"))
+        shadow = next((i for i in live if regions_contain(effective[i], region)), None)
+        takers = [i for i in live if replace(effective[i], prompt_tokens=everything).contains(replace(region, prompt_tokens=everything))]
+        remaining = region.prompt_tokens
+        for i in takers:
+            remaining = _subtract(remaining, effective[i].prompt_tokens)
+        if shadow is not None or not remaining:
+            if not is_default:
+                by = f"rules[{shadow}] ({policy.rules[shadow].name}) comes first and matches" if shadow is not None else (
+                    " and ".join(f"rules[{i}] ({policy.rules[i].name})" for i in takers) + " come first and together match"
+                )
+                findings.append(Finding("error", f"{path}.match", f"rule {rule.name!r} can never match: {by} everything it would"))
+            effective.append(None)
             continue
-        earlier_live, live = list(live), live + [j]
-        for i in earlier_live:
-            earlier, earlier_region = policy.rules[i], regions[i]
+        region = replace(region, prompt_tokens=remaining)
+        effective.append(region)
+        if is_default:
+            break
+        for i in live:
+            earlier, earlier_region = policy.rules[i], effective[i]
             overlap = earlier_region.intersect(region)
             if overlap.empty or region.contains(earlier_region) or earlier.pools == rule.pools:
                 continue
@@ -321,7 +360,12 @@ def _rule_region_findings(policy: Policy, context: _Context) -> list[Finding]:
                 f"overlaps rules[{i}] ({earlier.name}) on [{overlap.describe(universe)}]: that traffic goes to "
                 f"{earlier.pools}, not {rule.pools}",
             ))
-    return findings
+        live.append(j)
+    return findings, effective
+
+
+def regions_contain(outer: Region | None, inner: Region) -> bool:
+    return outer is not None and outer.contains(inner)
 
 
 def _why_empty(rule: Rule, region: Region) -> str:
@@ -347,15 +391,14 @@ def _largest_prompt_within(pool: Pool, budget_s: float, upper: int) -> int:
     return lo
 
 
-def _slo_findings(policy: Policy, context: _Context) -> list[Finding]:
+def _slo_findings(policy: Policy, context: _Context, effective: list[Region | None]) -> list[Finding]:
     if context.pools is None:
         return []
     findings = []
     catch_all = Rule(name="defaults", pools=policy.defaults.pools)
     targets = [(f"rules[{i}]", r) for i, r in enumerate(policy.rules)] + [("defaults", catch_all)]
-    for path, rule in targets:
-        region = context.region(rule)
-        if region.empty:
+    for (path, rule), region in zip(targets, effective):
+        if region is None:
             continue
         slo_ms = rule.ttft_slo_ms or policy.defaults.ttft_slo_ms
         inherited = "" if rule.ttft_slo_ms else " (from defaults.ttft_slo_ms)"

@@ -103,6 +103,9 @@ CONFLICT_ERRORS = [
      "  - {name: huge, pools: [general], match: {prompt_tokens_min: 20000}}\n", "", "rules[1].match", "rules[0] (long) comes first"),
     ("  - {name: health, pools: [general], match: {category: [health, code]}}\n"
      "  - {name: code, pools: [chat-small], match: {category: code, api: chat}}\n", "", "rules[1].match", "rules[0] (health) comes first"),
+    ("  - {name: small, pools: [general], match: {prompt_tokens_max: 4000}}\n"
+     "  - {name: large, pools: [long-context], match: {prompt_tokens_min: 4001}}\n"
+     "  - {name: chat, pools: [chat-small], match: {api: chat}}\n", "", "rules[2].match", "together match everything"),
     # unsatisfiable rules
     ("  - {name: r, pools: [general], match: {context_class: short, prompt_tokens_min: 5000}}\n", "", "rules[0].match", "context_class and prompt_tokens bounds do not overlap"),
     ("  - {name: r, pools: [coder], match: {model: llama}}\n", "", "rules[0].match", "serve none of the models"),
@@ -159,6 +162,9 @@ def test_category_warnings(extra, path, fragment):
         "  - {name: chat, pools: [general], match: {api: chat}}\n  - {name: completions, pools: [long-context], match: {api: completions}}\n",
         # overlapping but to the same pools
         "  - {name: a, pools: [general], match: {agentic: true}}\n  - {name: b, pools: [general], match: {has_session: true}}\n",
+        # the SLO is checked on the prompts a rule really receives: long ones were taken above
+        "  - {name: long, pools: [long-context], match: {context_class: [medium, long, very-long]}}\n"
+        "  - {name: chat, pools: [chat-small], ttft_slo_ms: 1000}\n",
         # a rule for another model does not shadow one for this model
         "  - {name: code, pools: [coder]}\n  - {name: rest, pools: [general]}\n",
     ],

@@ -1,0 +1,103 @@
+"""`fleetgate bench classify`: what classification costs per request, and what the embedding adds.
+
+The request path must stay well under a millisecond for the cheap signals (the issue's target is
+p99 < 1 ms without the embedding); the nearest-exemplar topic adds one model call, measured here
+with the real all-MiniLM-L6-v2 so the figure is the one a gateway pays.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from policies.load import load_policy
+from router.classify import TopicCategory, TopicClassifier, WorkloadClassifier
+from router.request import InferenceRequest
+
+SYSTEM_PROMPT = "You are a careful assistant. Answer precisely and cite the relevant section. " * 20
+TOOLS = tuple(
+    {"type": "function", "function": {"name": f"tool_{i}", "description": "does a thing " * 10, "parameters": {"type": "object"}}}
+    for i in range(8)
+)
+
+
+def request_mix() -> list[InferenceRequest]:
+    """Short chat, multi-turn chat, an agent turn with tools and results, a long document."""
+
+    def chat(messages: list[dict], **kwargs: object) -> InferenceRequest:
+        return InferenceRequest(request_id="b", api="chat", model="m", body={}, stream=True, messages=tuple(messages), **kwargs)  # type: ignore[arg-type]
+
+    history = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for turn in range(6):
+        history += [{"role": "user", "content": f"question {turn} about the weather " * 10}, {"role": "assistant", "content": "an answer " * 60}]
+    agent = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "fix the failing build"}]
+    for step in range(10):
+        agent += [
+            {"role": "assistant", "content": None, "tool_calls": [{"id": f"c{step}", "type": "function", "function": {"name": "tool_1", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": f"c{step}", "content": "log line\n" * 200},
+        ]
+    return [
+        chat([{"role": "user", "content": "How many hours of sleep do I need?"}]),
+        chat([*history, {"role": "user", "content": "and tomorrow?"}], max_tokens=200),
+        chat(agent, tools=TOOLS, session_id="s1"),
+        InferenceRequest(request_id="b", api="completions", model="m", body={}, stream=False, prompt="lorem ipsum " * 11_000, max_tokens=64),
+    ]
+
+
+def _percentiles_us(classifier: WorkloadClassifier, requests: list[InferenceRequest], count: int) -> tuple[float, float]:
+    samples = []
+    for i in range(count):
+        request = requests[i % len(requests)]
+        start = time.perf_counter_ns()
+        classifier.classify(request)
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def run_classify_bench(policy_path: Path, *, requests: int, runs: int, embeddings: int) -> str:
+    policy = load_policy(policy_path).policy
+    categories = [TopicCategory(c.name, tuple(c.keywords), tuple(c.exemplars)) for c in policy.categories]
+    keywords_only = TopicClassifier(categories, None, default_category=policy.topic.default_category)
+    variants = {
+        "signals only (baseline)": WorkloadClassifier(policy.classifier),
+        "signals + keyword topics": WorkloadClassifier(policy.classifier, keywords_only),
+    }
+    mix = request_mix()
+    lines = [f"classification latency, {requests} requests x {runs} runs (median of runs), mix of {len(mix)} request kinds"]
+    for name, classifier in variants.items():
+        measured = [_percentiles_us(classifier, mix, requests) for _ in tqdm(range(runs), desc=name, leave=False)]
+        p50 = statistics.median(m[0] for m in measured)
+        p99 = statistics.median(m[1] for m in measured)
+        lines.append(f"  {name:28s} p50 {p50:7.1f} us   p99 {p99:7.1f} us")
+    if embeddings > 0:
+        lines += _embedding_cost(policy.categories, mix, embeddings)
+    return "\n".join(lines)
+
+
+def _embedding_cost(categories: list, mix: list[InferenceRequest], count: int) -> list[str]:
+    from cache.embed import SentenceTransformerEmbedder
+
+    start = time.perf_counter()
+    embedder = SentenceTransformerEmbedder()
+    load_s = time.perf_counter() - start
+    exemplars = [e for c in categories for e in c.exemplars]
+    start = time.perf_counter()
+    embedder.embed(exemplars)
+    exemplars_s = time.perf_counter() - start
+    texts = [WorkloadClassifier().topic_text(r) for r in mix]
+    embedder.embed(texts[:1])  # warm-up
+    samples = []
+    for i in tqdm(range(count), desc="embedding", leave=False):
+        start = time.perf_counter()
+        embedder.embed([texts[i % len(texts)]])
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return [
+        f"  nearest-exemplar embedding (all-MiniLM-L6-v2, CPU, one text): p50 {samples[len(samples) // 2]:.1f} ms   "
+        f"p99 {samples[min(len(samples) - 1, int(len(samples) * 0.99))]:.1f} ms   ({count} calls)",
+        f"  model load {load_s:.1f} s; {len(exemplars)} exemplars embedded at policy load in {exemplars_s * 1000:.0f} ms",
+    ]
