@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,34 +95,49 @@ def run(requests: int, repeats: int, ports: tuple[int, int, int]) -> None:
     emulator_port, bare_port, ray_port = ports
     direct = f"http://127.0.0.1:{emulator_port}"
     settings = {"worker_urls": [direct], "model": MODEL, "router": "round-robin"}
+    results: dict[str, dict[tuple[int, bool], Cell]] = {}
     with _process("emulate", "--gpu", "h100", "--model", MODEL, "--port", str(emulator_port),
                   "--time-scale", "0.001"), \
          _process("serve", "--bare", "--worker-urls", direct, "--model", MODEL, "--router", "round-robin",
                   "--port", str(bare_port)):
         _wait_healthy(direct)
         _wait_healthy(f"http://127.0.0.1:{bare_port}")
-        haproxy = start_local(settings, port=ray_port)
-        try:
-            _wait_healthy(f"http://127.0.0.1:{ray_port}")
-            targets = {"direct": direct, "bare ASGI": f"http://127.0.0.1:{bare_port}",
-                       f"Ray Serve ({'HAProxy' if haproxy else 'Python proxy'})": f"http://127.0.0.1:{ray_port}"}
-            _print_table(targets, requests, repeats)
-        finally:
-            stop_local()
-    if not haproxy:
+        targets = {"direct": direct, "bare ASGI": f"http://127.0.0.1:{bare_port}"}
+        modes = [False, True] if shutil.which("haproxy") else [False]
+        for haproxy in modes:  # one Ray per mode: the proxy kind is fixed when Ray starts
+            start_local(settings, port=ray_port, haproxy=haproxy)
+            try:
+                _wait_healthy(f"http://127.0.0.1:{ray_port}")
+                name = f"Ray Serve ({'HAProxy' if haproxy else 'Python proxy'})"
+                results.update(_measure({name: f"http://127.0.0.1:{ray_port}"}, requests, repeats))
+            finally:
+                stop_local()
+        results.update(_measure(targets, requests, repeats))
+    _print_table(results, ["direct", "bare ASGI", *(n for n in results if n.startswith("Ray"))])
+    if len(modes) == 1:
         print("HAProxy mode was not measured: `haproxy` is not on PATH (Debian package `haproxy`).")
 
 
-def _print_table(targets: dict[str, str], requests: int, repeats: int) -> None:
+CASES = ((1, False), (1, True), (32, False), (32, True))
+
+
+def _measure(targets: dict[str, str], requests: int, repeats: int) -> dict[str, dict[tuple[int, bool], Cell]]:
+    """Median cell per (target, clients, stream)."""
+    measured: dict[str, dict[tuple[int, bool], Cell]] = {}
+    for name, url in targets.items():
+        for concurrency, stream in CASES:
+            runs = [asyncio.run(_closed_loop(url, concurrency, requests, stream)) for _ in range(repeats)]
+            measured.setdefault(name, {})[(concurrency, stream)] = Cell(
+                *(statistics.median(getattr(r, f) for r in runs) for f in ("p50_ms", "p99_ms", "rps")))
+    return measured
+
+
+def _print_table(results: dict[str, dict[tuple[int, bool], Cell]], order: list[str]) -> None:
     print(f"{'target':<26} {'clients':>7} {'stream':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} "
           f"{'+p50 ms':>8} {'+p99 ms':>8}")
-    for concurrency in (1, 32):
-        for stream in (False, True):
-            baseline: Cell | None = None
-            for name, url in targets.items():
-                runs = [asyncio.run(_closed_loop(url, concurrency, requests, stream)) for _ in range(repeats)]
-                cell = Cell(*(statistics.median(getattr(r, f) for r in runs) for f in ("p50_ms", "p99_ms", "rps")))
-                baseline = baseline or cell
-                print(f"{name:<26} {concurrency:>7} {str(stream):>6} {cell.p50_ms:>8.2f} {cell.p99_ms:>8.2f} "
-                      f"{cell.rps:>8.0f} {cell.p50_ms - baseline.p50_ms:>8.2f} {cell.p99_ms - baseline.p99_ms:>8.2f}",
-                      flush=True)
+    for case in CASES:
+        baseline = results["direct"][case]
+        for name in order:
+            cell = results[name][case]
+            print(f"{name:<26} {case[0]:>7} {str(case[1]):>6} {cell.p50_ms:>8.2f} {cell.p99_ms:>8.2f} "
+                  f"{cell.rps:>8.0f} {cell.p50_ms - baseline.p50_ms:>8.2f} {cell.p99_ms - baseline.p99_ms:>8.2f}")

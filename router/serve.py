@@ -55,30 +55,34 @@ def build_app(args: dict[str, Any]) -> Application:
     return deployment.bind(settings.model_dump())
 
 
-def haproxy_mode() -> bool:
-    """Use Ray Serve's HAProxy ingress (about 5x the requests/s of the Python proxy) when the
-    `haproxy` binary is available; must be decided before Ray starts."""
-    if shutil.which("haproxy") is None:
-        return False
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    return os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+def haproxy_mode(prefer: bool | None = None) -> bool:
+    """Whether Ray Serve will use its HAProxy ingress (about twice the requests/s of the Python
+    proxy here, and a fifth of its added latency): on where the `haproxy` binary is available unless
+    `prefer` is False. Sets the environment Ray reads, so it must run before Ray starts."""
+    use = shutil.which("haproxy") is not None and prefer is not False
+    if prefer is None and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0":
+        use = False
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if use else "0"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if use else "0"
+    return use
 
 
-def start_local(args: dict[str, Any], *, port: int, num_cpus: int | None = None) -> bool:
+def start_local(args: dict[str, Any], *, port: int, num_cpus: int | None = None,
+                haproxy: bool | None = None) -> bool:
     """Start a small local Ray (no dashboard), Serve on 127.0.0.1:`port`, and the gateway.
-    Returns whether HAProxy mode is on."""
+    `haproxy` None picks HAProxy mode when available. Returns whether HAProxy mode is on."""
     import ray
 
-    haproxy = haproxy_mode()
+    use_haproxy = haproxy_mode(haproxy)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="fleetgate", route_prefix="/", blocking=False)
-    return haproxy
+    return use_haproxy
 
 
 def stop_local() -> None:
+    """Stop the local Ray and everything on it (Serve's graceful controller shutdown can take 30 s;
+    a local cluster we started ourselves has nothing to drain)."""
     import ray
 
-    serve.shutdown()
     ray.shutdown()
