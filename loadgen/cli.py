@@ -89,7 +89,7 @@ def _replay(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from loadgen.replay import ReplayConfig, replay_trace
+    from loadgen.replay import ReplayConfig, replay_trace, run_event_loop
     from loadgen.report import format_table, write_run
     from loadgen.traces import compress_idle, read_trace
 
@@ -116,7 +116,7 @@ def _replay(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         return await replay_trace(trace.requests, config, progress=sys.stderr.isatty(), stop=stop)
 
-    outcome = asyncio.run(main())
+    outcome = run_event_loop(main)
     meta = {
         "label": args.label or out_dir.name, "trace": str(args.trace), "trace_format": args.trace_format,
         "target": args.target, "model": outcome.model, "rate_scale": args.rate_scale,

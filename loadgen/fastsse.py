@@ -3,7 +3,8 @@
 It answers every completion with a canned stream (a few token chunks, a usage chunk, [DONE])
 written at once from a bare asyncio Protocol: no framework, no per-request allocation beyond the
 parse, so one process serves far more requests/s than the client under test can send.
-Run as `python -m loadgen.fastsse [--chunks N]`; it prints `PORT <n>` once listening.
+Run as `python -m loadgen.fastsse [--chunks N] [--delay-s S]`; it prints `PORT <n>` once listening.
+`--delay-s` holds every answer back (without blocking others): a slow target for open-loop tests.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 class _FastProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive with Content-Length bodies: enough for aiohttp's client requests."""
 
-    def __init__(self, responses: dict[bytes, bytes]) -> None:
+    def __init__(self, responses: dict[bytes, bytes], delay_s: float) -> None:
         self._responses = responses
+        self._delay_s = delay_s
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -67,17 +69,25 @@ class _FastProtocol(asyncio.Protocol):
             del self._buffer[: end + 4 + length]
             path = head.split(b" ", 2)[1]
             assert self._transport is not None
-            self._transport.write(self._responses.get(path, NOT_FOUND))
+            response = self._responses.get(path, NOT_FOUND)
+            if self._delay_s > 0:
+                asyncio.get_running_loop().call_later(self._delay_s, self._write, response)
+            else:
+                self._transport.write(response)
+
+    def _write(self, response: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(response)
 
 
-async def serve(chunks: int, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+async def serve(chunks: int, delay_s: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
     responses = canned_responses(chunks)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _FastProtocol(responses), host, port, backlog=4096)
+    return await loop.create_server(lambda: _FastProtocol(responses, delay_s), host, port, backlog=4096)
 
 
-async def _main(chunks: int) -> None:
-    server = await serve(chunks)
+async def _main(chunks: int, delay_s: float) -> None:
+    server = await serve(chunks, delay_s)
     print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
     await server.serve_forever()
 
@@ -85,4 +95,8 @@ async def _main(chunks: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chunks", type=int, default=4)
-    asyncio.run(_main(parser.parse_args().chunks))
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    from loadgen.replay import run_event_loop
+
+    args = parser.parse_args()
+    run_event_loop(lambda: _main(args.chunks, args.delay_s))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable, Coroutine, TypeVar
 
 import aiohttp
 import orjson
@@ -28,6 +28,7 @@ ROUTE_HEADERS = {
     "x-fleetgate-rule": "rule",
 }
 API_KINDS = ("auto", "chat", "completions")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,3 +347,14 @@ async def replay_trace(
             started_s = clock()
             results = await replayer.run(plan, stop)
     return ReplayOutcome(config.model, results, stop.is_set(), clock() - started_s)
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run `main()` on uvloop when it is installed (about twice the requests/s per core for this
+    client), else on the standard loop; either way the replay is correct, only the ceiling moves."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())

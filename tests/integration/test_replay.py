@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
+from typing import Iterator
 
 import pytest
+from support.cpu_wait import cpu_wait_s
 from support.sse_target import run_sse_target
 
+from loadgen.bench import start_server
 from loadgen.replay import ReplayConfig, Replayer, make_session, replay_trace, schedule
+from loadgen.report import percentile
 from loadgen.traces import TraceRequest
 
 pytestmark = pytest.mark.integration
@@ -28,21 +31,38 @@ async def _replay(url: str, requests: list[TraceRequest], **config) -> list:
         return await asyncio.wait_for(Replayer(cfg, session).run(schedule(requests, cfg)), timeout=30)
 
 
-async def test_slow_target_does_not_delay_later_sends() -> None:
-    """200 requests/s for 1.5 s while every answer takes 0.5 s: sends still follow the trace within 10 ms."""
-    requests = _trace(300, 200.0)
-    async with run_sse_target(delay_s=0.5) as target:
-        results = await _replay(target.url, requests)
+@pytest.fixture
+def slow_target() -> Iterator[str]:
+    """A target in its own process that holds every answer 0.5 s, so only the client runs in this loop."""
+    process, url = start_server(chunks=3, delay_s=0.5)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_slow_target_does_not_delay_later_sends(slow_target: str) -> None:
+    """200 requests/s for 1.5 s while every answer takes 0.5 s: sends still follow the trace within 10 ms.
+
+    A closed-loop client would fall seconds behind here. A send can only be late by the time the OS
+    kept this process off the CPU, so that wait is measured: beyond 100 ms (a machine shared by
+    several test runs) punctuality cannot be judged and the test says so instead of guessing.
+    """
+    waited_before_s = cpu_wait_s()
+    results = await _replay(slow_target, _trace(300, 200.0))
+    waited_s = None if waited_before_s is None else cpu_wait_s() - waited_before_s
     assert [r.error for r in results] == [None] * 300
+    # each request reached the server as it was sent (about 100 in flight, none queued in the client):
+    # its first token came the target's 0.5 s after the send (less timer rounding), not later
+    assert min(r.ttft_ms for r in results) >= 495
+    if waited_s is not None and waited_s > 0.1:
+        pytest.skip(f"the OS kept this process waiting {waited_s * 1000:.0f} ms for a CPU during the replay")
     lags_ms = [(r.sent_s - r.scheduled_s) * 1000 for r in results]
-    assert max(lags_ms) < 10, f"worst send lag {max(lags_ms):.1f} ms"
     assert min(lags_ms) >= 0
-    assert all(r.ttft_ms >= 500 for r in results)  # the target really was slow...
-    # ...and the server received the requests at the trace's pace, about 100 in flight at once
-    received = sorted(target.received_s)
-    gaps_ms = [(b - a) * 1000 for a, b in zip(received, received[1:])]
-    assert statistics.median(gaps_ms) == pytest.approx(5.0, abs=1.0)
-    assert (received[-1] - received[0]) == pytest.approx(299 / 200, abs=0.05)
+    assert percentile(lags_ms, 99) < 10, f"p99 send lag {percentile(lags_ms, 99):.1f} ms"
+    assert max(lags_ms) < 10 + (waited_s or 0) * 1000, f"worst send lag {max(lags_ms):.1f} ms"
+    assert max(r.ttft_ms for r in results) < 600
 
 
 async def test_concurrency_cap_drops_and_counts() -> None:
@@ -89,12 +109,42 @@ async def test_unreachable_target_is_a_connect_error() -> None:
 
 async def test_completions_api_and_model_detection_and_stop() -> None:
     """Text prompts go to /v1/completions, the model comes from /v1/models, and a stop keeps what was sent."""
-    async with run_sse_target(delay_s=2.0) as target:
+    async with run_sse_target(delay_s=5.0) as target:
         stop = asyncio.Event()
+
+        async def stop_after_three_arrive() -> None:
+            while len(target.bodies) < 3:
+                await asyncio.sleep(0.01)
+            stop.set()
+
         config = ReplayConfig(target=target.url + "/v1", model="")
-        asyncio.get_running_loop().call_later(0.3, stop.set)
-        outcome = await asyncio.wait_for(replay_trace(_trace(40, 20.0, chat=False), config, progress=False, stop=stop), 10)
+        stopper = asyncio.create_task(stop_after_three_arrive())
+        outcome = await asyncio.wait_for(replay_trace(_trace(40, 10.0, chat=False), config, progress=False, stop=stop), 10)
+        stopper.cancel()
     assert outcome.model == "ok" and outcome.interrupted
-    assert 3 <= len(outcome.results) <= 10  # only what was sent in the first 0.3 s
+    assert 3 <= len(target.bodies) <= len(outcome.results) < 40  # every sent request is recorded, the rest never sent
     assert {r.error for r in outcome.results} == {"interrupted"}
     assert "prompt" in target.bodies[0] and "messages" not in target.bodies[0]
+
+
+async def test_replay_against_an_emulated_instance_writes_the_report(tmp_path) -> None:
+    """A shared-prefix workload on one emulated H100: every request answers, the prefix cache is
+    reused (so cached tokens flow through usage), and results, summary and plots land on disk."""
+    from pools.emulator.local import run_emulated_fleet
+
+    from loadgen.report import load_summary, write_run
+    from loadgen.traces import read_trace
+
+    trace = read_trace("groups=2,prefix_tokens=512,suffix_tokens=32,output_tokens=8,rate=40,count=40,seed=1", "synthetic")
+    async with run_emulated_fleet([("chat", "llama-3.1-8b", "h100", 1)], time_scale=0.2) as fleet:
+        config = ReplayConfig(target=fleet.urls[0], model="", request_timeout_s=20.0)
+        outcome = await asyncio.wait_for(replay_trace(trace.requests, config, progress=False), 30)
+    assert outcome.model == "llama-3.1-8b" and not outcome.interrupted
+    summary = write_run(tmp_path, outcome.results, {"label": "emulated"}, ttft_slo_ms=1000)
+    assert summary["completed"] == 40 and summary["errors"] == {}
+    assert all(r.completion_tokens == 8 and r.prompt_tokens == 544 for r in outcome.results)
+    # two 512-token prefixes, each computed once: later requests reuse 512 of their 544 tokens
+    assert summary["tokens"]["prefix_hit_ratio"] > 0.8
+    assert summary["ttft_ms"]["p50"] > 0 and summary["tpot_ms"]["p50"] > 0
+    assert load_summary(tmp_path)["plots"] == ["ttft_cdf.png", "timeline.png"]
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 40
