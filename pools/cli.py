@@ -55,7 +55,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         help="how many emulated instances one core sustains at a given request rate",
         description="Run N emulated instances in one process (one core) while a client in another process sends "
         "R streamed requests/s to each; print achieved rate, CPU, event-loop lag and the TTFT the emulator adds "
-        "over its own model (median of --runs runs per N).",
+        "over its own model, and the CPU each request costs (median of --runs runs per N).",
     )
     bench_emulator.add_argument("--instances", default="1,4,8,16", help="comma-separated instance counts")
     bench_emulator.add_argument("--rate", type=float, default=2.0, help="requests/s per instance (default 2)")

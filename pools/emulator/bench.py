@@ -28,10 +28,11 @@ class BenchRun:
     cpu_ratio: float  # CPU seconds of the emulator process / wall seconds
     lag_p99_ms: float  # event-loop lag of the emulator process
     ttft_overhead_ms: float  # mean client TTFT minus the engine's mean TTFT (wall ms)
+    cpu_ms_per_request: float  # emulator CPU per completed request, the figure that scales
 
-    @property
-    def instances_per_core(self) -> float:
-        return self.instances / self.cpu_ratio if self.cpu_ratio > 0 else float("inf")
+    def instances_per_core(self, rate_rps: float) -> float:
+        """Instances at `rate_rps` each that one fully available core could carry."""
+        return 1000.0 / self.cpu_ms_per_request / rate_rps if self.cpu_ms_per_request > 0 else float("inf")
 
 
 def _arrivals(rate_rps: float, duration_s: float, seed: int) -> list[float]:
@@ -110,7 +111,8 @@ async def measure(instances: int, *, rate_rps: float, duration_s: float, gpu: st
             probe = asyncio.create_task(_lag_probe(lags))
             cpu0, wall0 = time.process_time(), time.perf_counter()
             _, sent, completed, client_ttft_s = await loop.run_in_executor(None, queue.get, True, duration_s + 90)
-            cpu_ratio = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+            cpu_s = time.process_time() - cpu0
+            cpu_ratio = cpu_s / (time.perf_counter() - wall0)
             probe.cancel()
         finally:
             client.join(10)
@@ -130,6 +132,7 @@ async def measure(instances: int, *, rate_rps: float, duration_s: float, gpu: st
         cpu_ratio=cpu_ratio,
         lag_p99_ms=lags[int(0.99 * (len(lags) - 1))] * 1000 if lags else 0.0,
         ttft_overhead_ms=(client_ttft_s - engine_ttft_wall_s) * 1000,
+        cpu_ms_per_request=cpu_s * 1000 / completed if completed else float("inf"),
     )
 
 
@@ -137,25 +140,26 @@ def median_run(runs: Sequence[BenchRun]) -> BenchRun:
     """Field-wise median of repeated runs."""
     med = lambda attr: statistics.median(getattr(r, attr) for r in runs)  # noqa: E731
     return BenchRun(runs[0].instances, med("offered_rps"), med("achieved_rps"), med("cpu_ratio"), med("lag_p99_ms"),
-                    med("ttft_overhead_ms"))
+                    med("ttft_overhead_ms"), med("cpu_ms_per_request"))
 
 
 def format_table(rows: Sequence[BenchRun], rate_rps: float) -> str:
     lines = [
         f"{'instances':>9} {'offered rps':>11} {'achieved rps':>12} {'CPU %':>6} {'loop lag p99 ms':>15} "
-        f"{'TTFT overhead ms':>16} {'inst/core':>9}"
+        f"{'TTFT overhead ms':>16} {'CPU ms/req':>10}"
     ]
     for r in rows:
         lines.append(
             f"{r.instances:>9} {r.offered_rps:>11.1f} {r.achieved_rps:>12.1f} {r.cpu_ratio * 100:>6.0f} "
-            f"{r.lag_p99_ms:>15.1f} {r.ttft_overhead_ms:>16.1f} {r.instances_per_core:>9.0f}"
+            f"{r.lag_p99_ms:>15.1f} {r.ttft_overhead_ms:>16.1f} {r.cpu_ms_per_request:>10.2f}"
         )
     healthy = [r for r in rows if r.cpu_ratio < 0.9 and r.lag_p99_ms < 20 and r.achieved_rps >= 0.95 * r.offered_rps]
     if healthy:
         best = max(healthy, key=lambda r: r.instances)
         lines.append(
-            f"one core sustains about {best.instances_per_core:.0f} instances at {rate_rps:g} req/s each "
-            f"(extrapolated from {best.instances} instances at {best.cpu_ratio * 100:.0f}% CPU)"
+            f"kept up with {best.instances} instances ({best.achieved_rps:.0f} req/s, lag p99 {best.lag_p99_ms:.0f} ms); "
+            f"at {best.cpu_ms_per_request:.1f} ms CPU per request one core sustains about "
+            f"{best.instances_per_core(rate_rps):.0f} instances at {rate_rps:g} req/s each"
         )
     else:
         lines.append("no configuration kept up (CPU < 90%, lag p99 < 20 ms, >= 95% of the offered rate)")

@@ -171,6 +171,13 @@ class EmulatorServer:
         return self.engine.stats()
 
     async def _drive(self) -> None:
+        try:
+            await self._drive_steps()
+        except Exception:
+            log.exception("emulator driver of %s failed; requests in flight will not finish", self.url)
+            raise
+
+    async def _drive_steps(self) -> None:
         while True:
             if not self.engine.has_work():
                 self._wake.clear()
