@@ -93,12 +93,18 @@ def _emulate(args: argparse.Namespace) -> int:
 
 
 def _fleet_up(args: argparse.Namespace) -> int:
+    import sys
+
     from pools.emulator.launcher import fleet_up
     from pools.emulator.serve_fleet import main as serve_main
 
     if args.foreground:
         return serve_main([args.fleet_file, "--time-scale", str(args.time_scale)])
-    state = fleet_up(args.fleet_file, time_scale=args.time_scale, state_dir=args.state_dir, timeout_s=args.timeout)
+    try:
+        state = fleet_up(args.fleet_file, time_scale=args.time_scale, state_dir=args.state_dir, timeout_s=args.timeout)
+    except (ValueError, RuntimeError, TimeoutError, OSError) as exc:  # bad file, already up, failed start
+        print(f"fleet up failed: {exc}", file=sys.stderr)
+        return 1
     for name, urls in state.pools.items():
         print(f"{name}: {' '.join(urls)}")
     print(f"fleet up: {len(state.urls)} instances, pid {state.pid}; log {args.state_dir / 'fleet.log'}; "

@@ -100,7 +100,7 @@ async def test_completions_streamed_text_equals_non_streamed(start_server: Serve
 
 
 async def test_repeated_long_prompt_hits_the_prefix_cache(start_server: ServerFactory) -> None:
-    server = await start_server(L4_24GB, time_scale=0.1)  # L4: a 4k prefill takes ~1.2 emulated seconds
+    server = await start_server(L4_24GB, time_scale=0.25)  # L4: a 4k prefill takes ~1.2 emulated seconds
     api = client(server)
     messages = chat("Summarise this document. " + "The quick brown fox jumps over the lazy dog. " * 360)
 
@@ -140,7 +140,7 @@ async def test_burst_over_max_num_seqs_queues(start_server: ServerFactory) -> No
     ]
     try:
         loaded = await poll_metrics(server, lambda m: m["vllm:num_requests_waiting"] > 0)
-        assert loaded["vllm:num_requests_running"] == 4
+        assert 0 < loaded["vllm:num_requests_running"] <= 4  # a finished seat is refilled on the next step
         assert 0 < loaded["vllm:kv_cache_usage_perc"] < 1
     finally:
         for task in tasks:
@@ -276,8 +276,8 @@ def test_fleet_up_and_down_commands(tmp_path, capsys) -> None:
         out = capsys.readouterr().out
         assert f"small: http://127.0.0.1:{ports[0]}" in out and "fleet up: 2 instances" in out
         assert urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/health", timeout=5).status == 200
-        with pytest.raises(RuntimeError, match="already up"):
-            main(["fleet", "up", str(fleet_file), "--state-dir", str(state_dir)])
+        assert main(["fleet", "up", str(fleet_file), "--state-dir", str(state_dir)]) == 1
+        assert "already up" in capsys.readouterr().err
         assert main(["fleet", "status", "--state-dir", str(state_dir)]) == 0
         assert capsys.readouterr().out.count("healthy") == 2
     finally:
