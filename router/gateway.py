@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
 
@@ -70,7 +70,7 @@ class Gateway:
         planner: Planner,
         upstream: UpstreamClient,
         metrics: GatewayMetrics,
-        router_factory: Callable[[str], Router],
+        router_factory: Callable[..., Router],
         cache: ResponseCache | None = None,
         clock: Clock = monotonic_clock,
         max_attempts: int = 3,
@@ -129,12 +129,12 @@ class Gateway:
             await self._store(miss, completion_from_body(request.api, body))
         return GatewayResponse(upstream.status, response_headers, body=body, content_type=upstream.content_type)
 
-    def router_for(self, pool: str, name: str) -> Router:
-        """The replica-local router object of (pool, algorithm), built on first use."""
-        key = (pool, name)
+    def router_for(self, pool: str, name: str, params: tuple[tuple[str, Any], ...] = ()) -> Router:
+        """The replica-local router object of (pool, algorithm, parameters), built on first use."""
+        key = (pool, name, params)
         router = self._routers.get(key)
         if router is None:
-            router = self._routers[key] = self._router_factory(name)
+            router = self._routers[key] = self._router_factory(name, **dict(params))
         return router
 
     def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
@@ -151,19 +151,31 @@ class Gateway:
         )
 
     def _route(self, route_request: RouteRequest, plan: RoutePlan) -> tuple[str, Router, RouteDecision]:
-        """The first pool of the plan with a healthy instance, its router, and the router's order."""
+        """Pick the pool, then the instance order within it.
+
+        Ranked pools: the first healthy pool whose router expects the TTFT SLO to hold (routers
+        without an estimate always do); when none does, the one with the lowest estimate. Unranked
+        pools: whichever promises the lowest TTFT. Pools without a healthy instance are skipped."""
         snapshot = self.registry.snapshot
+        best: tuple[float, str, Router, RouteDecision] | None = None
         for pool in plan.pools:
             healthy = snapshot.healthy(pool)
             if not healthy:
                 continue
-            router = self.router_for(pool, plan.router)
+            router = self.router_for(pool, plan.router, plan.router_params)
             decision = router.route(route_request, self._views(snapshot, healthy), self.clock())
-            reason = decision.reason if pool == plan.pools[0] else f"{decision.reason}+spill"
-            self.metrics.route_decisions.labels(pool, plan.router, reason).inc()
-            return pool, router, decision
-        raise NoHealthyInstanceError(f"no healthy instance in pool(s) {', '.join(plan.pools)} for model "
-                                     f"{plan.profile.model!r}; retry later")
+            estimate_s = decision.estimated_ttft_s if decision.estimated_ttft_s is not None else 0.0
+            if best is None or estimate_s < best[0]:
+                best = (estimate_s, pool, router, decision)
+            if plan.pools_ranked and (plan.ttft_slo_s is None or estimate_s <= plan.ttft_slo_s):
+                break
+        if best is None:
+            raise NoHealthyInstanceError(f"no healthy instance in pool(s) {', '.join(plan.pools)} for model "
+                                         f"{plan.profile.model!r}; retry later")
+        _, pool, router, decision = best
+        reason = f"{decision.reason}+spill" if plan.pools_ranked and pool != plan.pools[0] else decision.reason
+        self.metrics.route_decisions.labels(pool, plan.router, reason).inc()
+        return pool, router, decision
 
     def _views(self, snapshot: FleetSnapshot, endpoints: tuple[Endpoint, ...]) -> list[InstanceView]:
         local = self._local

@@ -10,7 +10,7 @@ composition root.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.classify import WorkloadProfile
 from router.request import InferenceRequest
@@ -20,7 +20,7 @@ from router.request import InferenceRequest
 class RoutePlan:
     """Where and how one request should be served."""
 
-    pools: tuple[str, ...]  # preference order; the next is used when one has no healthy instance or is over SLO
+    pools: tuple[str, ...]  # candidate pools, in preference order when `pools_ranked`
     router: str  # routing algorithm name: dualmap, round-robin, least-loaded, ...
     rule: str  # the policy rule that matched (for headers, metrics, explain)
     profile: WorkloadProfile
@@ -29,6 +29,9 @@ class RoutePlan:
     priority: int = 0
     cache_policy: str | None = None  # the category cache policy to apply; None bypasses the cache
     key_blocks: int = 2  # DualMap affinity key length in prefix blocks
+    router_params: tuple[tuple[str, Any], ...] = ()  # the router's constructor arguments, sorted by name
+    pools_ranked: bool = True  # True: spill to the next pool only when one is unhealthy or over the SLO;
+    # False: any of them, whichever promises the lowest TTFT
 
 
 class Planner(Protocol):

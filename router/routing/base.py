@@ -62,6 +62,7 @@ class RouteDecision:
 
     ordered: tuple[Endpoint, ...]
     reason: str
+    estimated_ttft_s: float | None = None  # the chosen instance's TTFT estimate, for routers that make one
 
     @property
     def chosen(self) -> Endpoint:

@@ -132,11 +132,11 @@ class DualMap:
         rest = [(estimate(request, v).ttft_s, v.name, v) for v in instances if v is not c1 and v is not c2]
         rest.sort(key=lambda item: (item[0], item[1]))
         if slo is not None and e1 > slo and e2 > slo and rest and rest[0][0] < e_chosen:
-            best = rest.pop(0)[2]
+            best_s, _, best = rest.pop(0)
             ordered = (best, chosen, other, *(v for _, _, v in rest))
-            return RouteDecision(tuple(v.endpoint for v in ordered), "slo-fallback")
+            return RouteDecision(tuple(v.endpoint for v in ordered), "slo-fallback", estimated_ttft_s=best_s)
         ordered = (chosen, other, *(v for _, _, v in rest)) if other is not chosen else (chosen,)
-        return RouteDecision(tuple(v.endpoint for v in ordered), reason)
+        return RouteDecision(tuple(v.endpoint for v in ordered), reason, estimated_ttft_s=e_chosen)
 
     def _remember_key(self, request_id: str, key: Key) -> None:
         self._keys_of[request_id] = key
