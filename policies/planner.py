@@ -11,7 +11,7 @@ import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cache.embed import AsyncBatchingEmbedder, Embedder
 from policies.load import LoadedPolicy
@@ -163,6 +163,11 @@ class CompiledPolicy:
         policy = self.cache_policy(name)
         return name if policy is not None and policy.enabled else None
 
+    @property
+    def cache_policies(self) -> Mapping[str, CachePolicy]:
+        """Category name -> its cache policy: what cache.semantic.SemanticCache is built with."""
+        return MappingProxyType({name: c.cache for name, c in self.categories.items()})
+
     def cache_policy(self, name: str) -> CachePolicy | None:
         category = self.categories.get(name)
         return None if category is None else category.cache
@@ -188,6 +193,8 @@ class CompiledPolicy:
             priority=rule.priority,
             cache_policy=self.cache_policy_name(rule, profile),
             key_blocks=self.key_blocks(rule, profile),
+            router_params=rule.router.frozen_params(),
+            pools_ranked=bool(rule.pools),  # no pools named: any serving pool, whichever is fastest
         )
 
     def explain_profile(self, profile: WorkloadProfile) -> dict[str, Any]:
@@ -241,6 +248,11 @@ class PolicyPlanner:
     def __init__(self, compiled: CompiledPolicy, embedder: AsyncBatchingEmbedder | None = None) -> None:
         self._compiled = compiled
         self._embedder = embedder  # embeds request text for nearest-exemplar topics, off the loop
+        self._swap_listeners: list[Callable[[CompiledPolicy], None]] = []
+
+    def on_swap(self, listener: Callable[[CompiledPolicy], None]) -> None:
+        """Call `listener` with each new policy, e.g. to hand its cache policies to the semantic cache."""
+        self._swap_listeners.append(listener)
 
     @property
     def compiled(self) -> CompiledPolicy:
@@ -249,15 +261,9 @@ class PolicyPlanner:
     def swap(self, compiled: CompiledPolicy) -> None:
         """Serve `compiled` from the next request on (one reference assignment: atomic)."""
         self._compiled = compiled
+        for listener in self._swap_listeners:
+            listener(compiled)
         log.info("policy %s in effect (%d rules)", compiled.loaded.source, len(compiled.rules))
-
-    def router_params(self, plan: RoutePlan) -> Mapping[str, Any]:
-        """Parameters of the router named in `plan` for its rule (RoutePlan carries only the name)."""
-        compiled = self._compiled
-        for rule in (*compiled.rules, compiled.fallback):
-            if rule.name == plan.rule:
-                return rule.router.params
-        return {}
 
     async def profile(self, request: InferenceRequest, compiled: CompiledPolicy) -> WorkloadProfile:
         classifier = compiled.classifier

@@ -86,11 +86,18 @@ class TopicSettings(_Strict):
     min_similarity: float = Field(default=0.35, ge=-1, le=1)  # cosine needed for an exemplar match
 
 
+Scalar = str | int | float | bool | None
+
+
 class RouterSpec(_Strict):
-    """A routing algorithm of router/routing/registry.py and its parameters."""
+    """A routing algorithm of router/routing/registry.py and its constructor's keyword arguments."""
 
     name: str
-    params: dict[str, Any] = {}
+    params: dict[str, Scalar | list[Scalar]] = {}
+
+    def frozen_params(self) -> tuple[tuple[str, Any], ...]:
+        """Sorted (name, value) pairs with lists as tuples: hashable, so the gateway can key routers on them."""
+        return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.params.items()))
 
 
 def _router_shorthand(value: Any) -> Any:

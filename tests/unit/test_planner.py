@@ -125,8 +125,21 @@ async def test_tpot_and_router_params_of_the_rule():
     planner = PolicyPlanner(compiled())
     plan = await planner.plan(chat(tools=TOOLS))
     assert plan.tpot_slo_s == pytest.approx(0.05)
-    assert planner.router_params(plan) == {"use_session_key": True}
-    assert planner.router_params(await planner.plan(chat())) == {}
+    assert plan.router_params == (("use_session_key", True),)
+    assert (await planner.plan(chat())).router_params == ()
+
+
+async def test_list_router_params_become_hashable_tuples():
+    text = POLICY.replace("params: {use_session_key: true}", "params: {seeds: [1, 2]}")
+    plan = await PolicyPlanner(compiled(text)).plan(chat(tools=TOOLS))
+    assert plan.router_params == (("seeds", (1, 2)),)
+    hash(plan.router_params)
+
+
+async def test_named_pools_are_ranked_unnamed_ones_are_not():
+    planner = PolicyPlanner(compiled())
+    assert (await planner.plan(chat())).pools_ranked is True
+    assert (await planner.plan(chat(turns=3))).pools_ranked is False  # defaults: every pool of the model
 
 
 async def test_exemplar_topics_embed_off_the_event_loop_with_the_batching_embedder():
@@ -182,3 +195,11 @@ async def test_swap_changes_the_plan_from_the_next_request():
     assert (await planner.plan(chat())).rule == "chat"
     planner.swap(compiled(POLICY.replace("name: chat\n", "name: chat-v2\n")))
     assert (await planner.plan(chat())).rule == "chat-v2"
+
+
+async def test_swap_listeners_get_the_new_cache_policies():
+    planner = PolicyPlanner(compiled())
+    seen = []
+    planner.on_swap(lambda new: seen.append(dict(new.cache_policies)))
+    planner.swap(compiled(POLICY.replace("cache: {enabled: true, threshold: 0.8}", "cache: {enabled: true, threshold: 0.9}")))
+    assert seen[0]["health"].threshold == 0.9 and set(seen[0]) == {"code", "health", "general"}
