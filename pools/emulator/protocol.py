@@ -26,6 +26,7 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice: the emulator samples a single sequence
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM extension: generate exactly max_tokens
 
 
 class ChatMessage(BaseModel):

@@ -38,7 +38,7 @@ from pools.emulator.protocol import (
     response_body,
     usage,
 )
-from pools.emulator.text import answer_seed, answer_text, render_chat_prompt
+from pools.emulator.text import answer_seed, answer_text, natural_length, render_chat_prompt
 from pools.profiles import GpuProfile, get_profile
 from pools.tokens import count_tokens, kv_block_hashes
 
@@ -62,6 +62,10 @@ class _Job:
     seed: int
     stream: bool
     include_usage: bool
+    stops_naturally: bool  # the answer ends (EOS) before max_tokens: finish_reason "stop"
+
+    def finish_reason(self, stats: RequestStats) -> str:
+        return "stop" if self.stops_naturally and stats.finish_reason == "length" else stats.finish_reason
 
 
 class _Pending:
@@ -270,7 +274,11 @@ class EmulatorServer:
                 param=param,
             )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _Job(kind, text, prompt_tokens, max_tokens, answer_seed(text, body.seed), body.stream, include_usage)
+        seed = answer_seed(text, body.seed)
+        natural = natural_length(seed)
+        stops_naturally = not body.ignore_eos and natural < max_tokens
+        return _Job(kind, text, prompt_tokens, natural if stops_naturally else max_tokens, seed, body.stream,
+                    include_usage, stops_naturally)
 
     async def _complete(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.Response:
         while not isinstance(stats := await pending.queue.get(), RequestStats):
@@ -279,7 +287,7 @@ class EmulatorServer:
             request.transport.close()
         text = answer_text(job.seed, 0, stats.output_tokens)
         body = response_body(
-            job.kind, request_id, int(time.time()), self.model, text, stats.finish_reason,
+            job.kind, request_id, int(time.time()), self.model, text, job.finish_reason(stats),
             usage(stats.prompt_tokens, stats.output_tokens, stats.cached_tokens),
         )
         return web.Response(body=body, content_type="application/json")
@@ -300,7 +308,7 @@ class EmulatorServer:
                 events: list[bytes] = []
                 if sent == 0 and job.kind == "chat":
                     events.append(event(role=True))
-                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and done.finish_reason))
+                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and job.finish_reason(done)))
                 sent += count
                 if done is not None:
                     if job.include_usage:

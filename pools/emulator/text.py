@@ -58,6 +58,17 @@ def answer_seed(prompt_text: str, seed: int | None) -> int:
     return seed if seed is not None else xxhash.xxh3_64_intdigest(prompt_text.encode("utf-8", "surrogatepass"))
 
 
+NATURAL_LENGTH_TOKENS = (8, 400)
+"""Range of the answer length at which the emulated model emits end-of-sequence."""
+
+
+def natural_length(seed: int) -> int:
+    """Where the answer for `seed` ends on its own (finish_reason "stop"), as a real model's EOS
+    would; a smaller max_tokens cuts it first ("length"), and ignore_eos never stops early."""
+    low, high = NATURAL_LENGTH_TOKENS
+    return low + xxhash.xxh3_64_intdigest((seed & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") + b"eos") % (high - low)
+
+
 def answer_text(seed: int, start: int, stop: int) -> str:
     """Tokens [start, stop) of the answer for `seed`, one 4-character word per token."""
     prefix = (seed & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")

@@ -288,3 +288,14 @@ def test_fleet_up_and_down_commands(tmp_path, capsys) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=2)
     main(["fleet", "down", "--state-dir", str(state_dir)])
     assert "no fleet is up" in capsys.readouterr().out
+
+
+async def test_answers_end_on_their_own_unless_ignore_eos(start_server: ServerFactory) -> None:
+    server = await start_server()
+    api = client(server)
+    natural = await api.chat.completions.create(model=MODEL, messages=chat("tell me more"), max_tokens=1000)
+    assert natural.choices[0].finish_reason == "stop" and 0 < natural.usage.completion_tokens < 1000
+    forced = await api.chat.completions.create(model=MODEL, messages=chat("tell me more"), max_tokens=1000,
+                                               extra_body={"ignore_eos": True})
+    assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == 1000
+    assert forced.choices[0].message.content.startswith(natural.choices[0].message.content)
