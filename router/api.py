@@ -39,7 +39,7 @@ class GatewayRuntime(Protocol):
 
     async def stop(self) -> None: ...
 
-    def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]: ...
+    async def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]: ...
 
 
 def _error_response(error: GatewayError, request_id: str) -> JSONResponse:
@@ -129,7 +129,7 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
         try:
             raw = await _read_body(request, runtime.max_body_bytes)
             api: ApiKind = "completions" if request.query_params.get("api") == "completions" else "chat"
-            return Response(orjson.dumps(runtime.explain(raw, api)), media_type="application/json")
+            return Response(orjson.dumps(await runtime.explain(raw, api)), media_type="application/json")
         except GatewayError as error:
             return _error_response(error, request_id)
 

