@@ -107,6 +107,7 @@ class SimResult:
     slo_attainment: float
     prefix_hit_ratio: float
     load_imbalance: float
+    utilization: float  # mean busy share of the instances over the run
     fallback_ratio: float
     resent: int
     preemptions: int
@@ -331,6 +332,7 @@ class Simulation:
             slo_attainment=sum(t <= slo for t in ttfts) / len(ttfts) if ttfts else 0.0,
             prefix_hit_ratio=sum(s.cached_tokens for s in done) / prompt if prompt else 0.0,
             load_imbalance=max(busy) / mean_busy if mean_busy > 0 else 1.0,
+            utilization=mean_busy / end_s if end_s > 0 else 0.0,
             fallback_ratio=sum(v for k, v in self.reasons.items() if k in FALLBACK_REASONS) / decisions if decisions else 0.0,
             resent=self.resent,
             preemptions=sum(s.preemptions for s in done),

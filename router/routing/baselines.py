@@ -68,8 +68,7 @@ class ConsistentHashBoundedLoad(NoHooks):
         by_name = {v.name: v for v in instances}
         # Mirrokni et al.: capacity counts the request being placed.
         bound = math.ceil((1 + self.epsilon) * (sum(v.load for v in instances) + 1) / len(instances))
-        walk = ring.candidates(affinity_key(request), len(instances))
-        for rank, name in enumerate(walk):
+        for rank, name in enumerate(ring.walk(affinity_key(request))):
             view = by_name[name]
             if view.load + 1 <= bound:
                 return decide(view, instances, "owner" if rank == 0 else "bounded-load")

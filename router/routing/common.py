@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Sequence
 
 from pools.model import Endpoint
@@ -25,10 +26,24 @@ def load_order(view: InstanceView) -> tuple[int, str]:
     return view.load, view.name
 
 
+RANKED_FALLBACKS = 3
+"""Fallbacks ranked after the chosen instance. The gateway tries at most a few instances before
+the first byte, so the tail is left in pool order: a decision stays O(n), not O(n log n)."""
+
+
+def ranked(chosen: Sequence[InstanceView], rest: Sequence[tuple[float, str, InstanceView]]) -> tuple[Endpoint, ...]:
+    """`chosen` in order, then the RANKED_FALLBACKS best of `rest` ((score, name, view), lower is
+    better), then the remaining views of `rest` in their given order."""
+    best = heapq.nsmallest(RANKED_FALLBACKS, rest, key=lambda item: (item[0], item[1]))
+    picked = {id(item[2]) for item in best}
+    tail = (item[2] for item in rest if id(item[2]) not in picked)
+    return tuple(v.endpoint for v in (*chosen, *(item[2] for item in best), *tail))
+
+
 def decide(chosen: InstanceView, instances: Sequence[InstanceView], reason: str) -> RouteDecision:
-    """`chosen` first, the others as fallbacks from least to most loaded."""
-    rest = sorted((v for v in instances if v is not chosen), key=load_order)
-    return RouteDecision((chosen.endpoint, *(v.endpoint for v in rest)), reason)
+    """`chosen` first, then fallbacks from least loaded (see RANKED_FALLBACKS)."""
+    rest = [(v.load, v.name, v) for v in instances if v is not chosen]
+    return RouteDecision(ranked((chosen,), rest), reason)
 
 
 class NoHooks:

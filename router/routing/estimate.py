@@ -17,6 +17,7 @@ but it knows what it put there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from pools.model import Endpoint
 from pools.tokens import CHARS_PER_TOKEN
@@ -72,20 +73,33 @@ class TtftEstimator:
         blocks = self.index.matched_blocks(instance, request.prefix_hashes)
         return min(blocks * BLOCK_TOKENS, max(0, request.prompt_tokens - 1))
 
-    def _own(self, name: str) -> tuple[float, int]:
-        """(uncached share of the prompt tokens we queued there, how many requests that is)."""
-        queue = self._queues.get(name)
-        if queue is None or not queue.raw_tokens:
-            return 1.0, 0
-        return queue.uncached_tokens / queue.raw_tokens, len(queue.uncached)
-
     def estimate(self, request: RouteRequest, view: InstanceView) -> Estimate:
         cached = self.cached_tokens(request, view.name)
-        own_ratio, own_queued = self._own(view.name)
-        others = max(0, view.waiting - own_queued) * self.mean_uncached_tokens
-        ahead = view.local_queued_prefill_tokens * own_ratio + others
-        running = max(view.running, view.local_inflight - own_queued)
-        return Estimate(self.prefill_time_s(view, running, ahead + request.prompt_tokens - cached), cached)
+        return Estimate(self._ttft_s(view, request.prompt_tokens - cached), cached)
+
+    def ttft_all(self, request: RouteRequest, views: Sequence[InstanceView]) -> list[float]:
+        """Estimated TTFT on each of `views`; cheap for many views, since only instances holding
+        the prompt's first block can have any of it cached."""
+        hashes, prompt = request.prefix_hashes, request.prompt_tokens
+        holders = self.index.holders(hashes[0]) if hashes else ()
+        return [
+            self._ttft_s(v, prompt - self.cached_tokens(request, v.endpoint.name) if v.endpoint.name in holders else prompt)
+            for v in views
+        ]
+
+    def _ttft_s(self, view: InstanceView, own_tokens: int) -> float:
+        """Prefill time of the uncached work queued on `view` (see the module docstring) plus ours."""
+        queue = self._queues.get(view.endpoint.name)
+        if queue is None or not queue.raw_tokens:
+            own_ratio, own_queued = 1.0, 0
+        else:
+            own_ratio, own_queued = queue.uncached_tokens / queue.raw_tokens, len(queue.uncached)
+        others = view.waiting - own_queued
+        work = view.local_queued_prefill_tokens * own_ratio + own_tokens
+        if others > 0:
+            work += others * self.mean_uncached_tokens
+        running = view.local_inflight - own_queued
+        return self.prefill_time_s(view, view.running if view.running > running else running, work)
 
     @staticmethod
     def prefill_time_s(view: InstanceView, running: int, work_tokens: float) -> float:

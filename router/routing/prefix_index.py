@@ -12,7 +12,7 @@ found by binary search.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 
 class PrefixIndex:
@@ -54,6 +54,10 @@ class PrefixIndex:
             del holders[instance]
             if not holders:
                 del owners[old]
+
+    def holders(self, block_hash: int) -> Collection[str]:
+        """Instances holding the block `block_hash` (read-only view)."""
+        return self._owners.get(block_hash, {}).keys()
 
     def matched_blocks(self, instance: str, hashes: Sequence[int]) -> int:
         """How many leading blocks of `hashes` `instance` holds (binary search: prefix-closed)."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import OrderedDict
-from typing import Sequence
+from itertools import islice
+from typing import Iterator, Sequence
 
 import xxhash
 
@@ -67,20 +68,23 @@ class HashRing:
         """The instance owning `key`."""
         return self.names[self._owners[self._start(key)]]
 
-    def candidates(self, key: Key, n: int, exclude: str | None = None) -> list[str]:
-        """Up to `n` distinct instances in ring order from `key`, skipping `exclude`."""
-        wanted = min(n, len(self.names) - (exclude in self.names))
-        found: list[str] = []
-        owners, total = self._owners, len(self._owners)
+    def walk(self, key: Key) -> Iterator[str]:
+        """Distinct instances in ring order from `key` (lazily: most callers stop at the first)."""
+        owners, names, total = self._owners, self.names, len(self._owners)
+        seen: set[int] = set()
         i = self._start(key)
         for _ in range(total):
-            name = self.names[owners[i]]
-            if name != exclude and name not in found:
-                found.append(name)
-                if len(found) >= wanted:
-                    break
+            owner = owners[i]
+            if owner not in seen:
+                seen.add(owner)
+                yield names[owner]
+                if len(seen) == len(names):
+                    return
             i = i + 1 if i + 1 < total else 0
-        return found
+
+    def candidates(self, key: Key, n: int, exclude: str | None = None) -> list[str]:
+        """Up to `n` distinct instances in ring order from `key`, skipping `exclude`."""
+        return list(islice((name for name in self.walk(key) if name != exclude), n))
 
 
 class DualRing:

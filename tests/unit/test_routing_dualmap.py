@@ -71,7 +71,7 @@ def test_the_candidate_holding_the_prefix_wins_despite_a_small_queue():
 
 @pytest.mark.parametrize(
     ("slo_s", "expect_fallback"),
-    [(None, False), (10.0, False), (0.5, True)],
+    [(None, False), (10.0, False), (0.5, True), (0.01, False)],  # 10 ms: nobody can, keep affinity
 )
 def test_both_candidates_over_slo_fall_back_to_the_lowest_estimate(slo_s, expect_fallback):
     router = DualMap(adaptive_keys=False)
