@@ -12,7 +12,7 @@ from typing import Any
 
 from loadgen.replay import RequestResult
 
-BIN_S = 1.0
+MAX_BINS = 60
 
 
 def _pyplot():
@@ -31,12 +31,16 @@ def _cdf(values: list[float]) -> tuple[list[float], list[float]]:
 
 
 def _rate(times_s: list[float], span_s: float) -> tuple[list[float], list[float]]:
-    """(bin edges, events per second in each BIN_S bin), closed at the end so steps draw every bin."""
-    counts = [0] * (int(span_s // BIN_S) + 1)
+    """(bin edges, events per second in each bin), closed at the end so steps draw every bin.
+
+    Bins are 1 s, widened so a long run has at most MAX_BINS of them (a readable rate, not noise).
+    """
+    bin_s = max(1.0, span_s / MAX_BINS)
+    counts = [0] * (int(span_s // bin_s) + 1)
     for t in times_s:
-        counts[min(max(int(t // BIN_S), 0), len(counts) - 1)] += 1
-    rates = [c / BIN_S for c in counts]
-    return [i * BIN_S for i in range(len(counts) + 1)], rates + rates[-1:]
+        counts[min(max(int(t // bin_s), 0), len(counts) - 1)] += 1
+    rates = [c / bin_s for c in counts]
+    return [i * bin_s for i in range(len(counts) + 1)], rates + rates[-1:]
 
 
 def plot_run(out_dir: Path, results: list[RequestResult], summary: dict[str, Any]) -> list[Path]:
@@ -113,11 +117,14 @@ def plot_compare(path: Path, runs: list[tuple[str, list[RequestResult], dict[str
         values = [summary["ttft_ms"][p] or 0 for p in ("p50", "p90", "p99")]
         pct_ax.bar([x + i * width for x in range(3)], values, width, label=label)
     pct_ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(3)], ["p50", "p90", "p99"])
-    pct_ax.set(ylabel="TTFT (ms)", title="TTFT percentiles")
+    pct_ax.set(ylabel="TTFT (ms, log)", title="TTFT percentiles")
+    pct_ax.set_yscale("log")
     pct_ax.legend()
     attainment = [(s["slo"]["attainment_ratio"] or 0) * 100 for _, _, s in runs]
     goodput = [s["slo"]["goodput_per_s"] or 0 for _, _, s in runs]
-    slo_ax.bar(labels, attainment, color="tab:green")
+    colors = [f"C{i}" for i in range(len(runs))]  # the same colour per run in every panel
+    slo_ax.bar(labels, attainment, color=colors)
+    slo_ax.tick_params(axis="x", labelrotation=20)
     slo_ax.set(ylabel="SLO attainment (%)", title="SLO attainment (bars) and goodput (dots)", ylim=(0, 105))
     goodput_ax = slo_ax.twinx()
     goodput_ax.plot(labels, goodput, "o", color="black")
