@@ -206,3 +206,18 @@ def test_estimate_discounts_the_expected_cached_prefix_and_cached_work_queued_ah
     estimator.on_prefilled(first, view.endpoint)
     drained = with_load([view], "i0", local_queued_prefill_tokens=second.prompt_tokens, local_inflight=2)[0]
     assert estimator.estimate(third, drained).ttft_s < cold.ttft_s / 5
+
+
+@pytest.mark.parametrize(("work_weight", "expect_holder"), [(0.0, False), (1.0, True)])
+def test_work_weight_charges_recomputing_a_prefix_the_other_candidate_holds(work_weight, expect_holder):
+    router = DualMap(work_weight=work_weight)
+    prefix = "shared document " * 500  # ~2000 tokens
+    warm = request(prefix + "first question", "warm")
+    c1, c2 = pair_of(router, warm, pool(8))
+    views = pool(8)
+    router.on_dispatch(warm, views[int(c1[1:])].endpoint, 0.0)
+    router.on_first_token(warm, views[int(c1[1:])].endpoint, 0.1)
+    # c1 holds the prefix but has 3000 tokens queued: its TTFT is a little worse than c2's cold one
+    busy = with_load(views, c1, local_queued_prefill_tokens=3000, local_inflight=1)
+    decision = router.route(request(prefix + "second question", "r2"), busy, 1.0)
+    assert (decision.chosen.name == c1) is expect_holder
