@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -126,11 +126,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def ideal_prefix_hit_ratio(requests: Sequence[SimRequest], max_model_len: int) -> float:
-    """Cached prompt tokens / prompt tokens with an unlimited cache shared by the whole fleet:
-    the most any router could reach (each request hits every block any earlier request wrote,
-    except the last prompt token, which vLLM always recomputes)."""
-    seen: set[int] = set()
+def ideal_prefix_hit_ratio(requests: Sequence[SimRequest], max_model_len: int, cache_tokens: int | None = None) -> float:
+    """Cached prompt tokens / prompt tokens if the whole fleet were one prefix cache: unlimited
+    (`cache_tokens` None: the most any router could reach, each request hitting every block an
+    earlier request wrote) or one LRU cache of `cache_tokens` (the fleet's KV memory pooled with
+    no copies and nothing held by running requests: what a perfect router could hope for). The
+    last prompt token is always recomputed, as vLLM does."""
+    seen: OrderedDict[int, None] = OrderedDict()
+    capacity = cache_tokens // KV_BLOCK_TOKENS if cache_tokens is not None else None
     hits = total = 0
     for req in requests:
         if req.prompt_tokens >= max_model_len:
@@ -143,7 +146,12 @@ def ideal_prefix_hit_ratio(requests: Sequence[SimRequest], max_model_len: int) -
             matched += 1
         hits += matched * KV_BLOCK_TOKENS
         total += req.prompt_tokens
-        seen.update(req.kv_hashes)
+        for h in reversed(req.kv_hashes):  # leaf first: a prefix outlives its extensions
+            seen[h] = None
+            seen.move_to_end(h)
+        if capacity is not None:
+            while len(seen) > capacity:
+                seen.popitem(last=False)
     return hits / total if total else 0.0
 
 

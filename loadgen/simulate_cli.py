@@ -90,7 +90,9 @@ def _simulate(args: argparse.Namespace) -> int:
         print("the trace has no usable requests", file=sys.stderr)
         return 1
     requests = prepare(tqdm(trace.requests, desc="hashing prompts", unit="req", leave=False, file=sys.stderr))
-    ideal = ideal_prefix_hit_ratio(requests, get_profile(args.gpu).max_model_len)
+    profile = get_profile(args.gpu)
+    ideal = ideal_prefix_hit_ratio(requests, profile.max_model_len)
+    pooled = ideal_prefix_hit_ratio(requests, profile.max_model_len, cache_tokens=args.instances * profile.kv_cache_tokens)
     routers = ROUTER_NAMES if args.router == "all" else (args.router,)
     rows: list[dict[str, Any]] = []
     for name in routers:
@@ -105,12 +107,16 @@ def _simulate(args: argparse.Namespace) -> int:
         else:
             row = simulate(requests, config).to_dict()
         row["ideal_prefix_hit_ratio"] = ideal
+        row["pooled_cache_hit_ratio"] = pooled
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
     if not args.json:
         print(format_table(rows))
-        print(f"\nunlimited-cache ideal prefix hit ratio: {ideal:.3f}; rejected (prompt over max_model_len): {rows[0]['rejected']}")
+        print(
+            f"\nprefix hit ratio bounds: unlimited cache {ideal:.3f}; the fleet's KV memory pooled as one LRU cache "
+            f"{pooled:.3f}. Rejected (prompt over max_model_len): {rows[0]['rejected']}"
+        )
     return 0
 
 

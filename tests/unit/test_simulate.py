@@ -174,3 +174,12 @@ def test_prepare_hashes_shared_prefixes_alike():
     one, two = prepare([TraceRequest(0.0, shared + "a" * 100, None, 5), TraceRequest(1.0, None, ({"role": "user", "content": shared},), 5)])
     assert one.prompt_tokens == 281 and one.kv_hashes[:16] == prepare([TraceRequest(0.0, shared, None, 1)])[0].kv_hashes[:16]
     assert two.prefix_hashes[0] != one.prefix_hashes[0]  # chat rendering adds the role
+
+
+def test_pooled_cache_bound_evicts_least_recent_prefixes():
+    a = SimRequest("a", 0.0, 64, 1, (1, 2, 3, 4), ())
+    b = SimRequest("b", 1.0, 64, 1, (5, 6, 7, 8), ())
+    c = SimRequest("c", 2.0, 64, 1, (1, 2, 3, 4), ())
+    assert ideal_prefix_hit_ratio([a, b, c], 1000, cache_tokens=16 * 8) == pytest.approx(48 / 192)
+    # b pushed out a's two deepest blocks (leaves go first); its first two still hit
+    assert ideal_prefix_hit_ratio([a, b, c], 1000, cache_tokens=16 * 6) == pytest.approx(32 / 192)
