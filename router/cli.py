@@ -18,6 +18,7 @@ AREA_COMMANDS: tuple[str, ...] = (
     "cache.cli",
     "loadgen.simulate_cli",
     "loadgen.cli",
+    "loadgen.demo",
 )
 """Modules with a `register(commands, bench)` function, in the order their commands are listed."""
 

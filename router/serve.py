@@ -28,6 +28,8 @@ class ServeArgs(GatewaySettings):
 
     num_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=1000, ge=1)
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a replica being "
+                                               "replaced may finish its in-flight streams")
 
 
 @serve.ingress()
@@ -44,12 +46,13 @@ class GatewayIngress:
 def build_app(args: dict[str, Any]) -> Application:
     """Ray Serve application builder (`import_path: router.serve:build_app` in serve.yaml)."""
     serve_args = ServeArgs(**args)
-    settings = GatewaySettings(**serve_args.model_dump(exclude={"num_replicas", "max_ongoing_requests"}))
+    settings = GatewaySettings(**serve_args.model_dump(exclude={"num_replicas", "max_ongoing_requests", "graceful_shutdown_timeout_s"}))
     deployment = serve.deployment(
         GatewayIngress,
         name="fleetgate",
         num_replicas=serve_args.num_replicas,
         max_ongoing_requests=serve_args.max_ongoing_requests,
+        graceful_shutdown_timeout_s=serve_args.graceful_shutdown_timeout_s,
         ray_actor_options={"num_cpus": 0},
     )
     return deployment.bind(settings.model_dump())
