@@ -231,17 +231,6 @@ class CompiledPolicy:
         }
 
 
-def debug_header(plan: RoutePlan) -> str:
-    """A one-line summary for the debug response header (no prompt content)."""
-    p = plan.profile
-    return (
-        f"rule={plan.rule}; pools={','.join(plan.pools)}; router={plan.router}; category={p.category}; "
-        f"api={p.api}; prompt_tokens={p.prompt_tokens}; output_tokens={p.output_tokens}; shape={p.shape}; "
-        f"context={p.context_class}; agentic={str(p.agentic).lower()}; turns={p.turns}; "
-        f"ttft_slo_ms={'' if plan.ttft_slo_s is None else round(plan.ttft_slo_s * 1000)}; cache={plan.cache_policy or 'off'}"
-    )
-
-
 class PolicyPlanner:
     """router.plan.Planner over a YAML policy, hot-swappable (see policies/reload.py)."""
 

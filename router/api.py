@@ -39,7 +39,9 @@ class GatewayRuntime(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]: ...
+    async def explain(self, raw_body: bytes, api: ApiKind, headers: dict[str, str]) -> dict[str, Any]: ...
+
+    async def reload_policy(self) -> list[str]: ...
 
 
 def _error_response(error: GatewayError, request_id: str) -> JSONResponse:
@@ -129,9 +131,17 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
         try:
             raw = await _read_body(request, runtime.max_body_bytes)
             api: ApiKind = "completions" if request.query_params.get("api") == "completions" else "chat"
-            return Response(orjson.dumps(await runtime.explain(raw, api)), media_type="application/json")
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            return Response(orjson.dumps(await runtime.explain(raw, api, headers)), media_type="application/json")
         except GatewayError as error:
             return _error_response(error, request_id)
+
+    async def reload_policy(_request: Request) -> Response:
+        try:
+            problems = await runtime.reload_policy()
+        except GatewayError as error:
+            return _error_response(error, uuid.uuid4().hex)
+        return JSONResponse({"reloaded": not problems, "errors": problems}, status_code=200 if not problems else 422)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -150,6 +160,7 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/fleet", fleet, methods=["GET"]),
             Route("/admin/explain", explain, methods=["POST"]),
+            Route("/admin/policy/reload", reload_policy, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -120,13 +120,20 @@ class Runtime:
             await self.policy.stop()
         await self.upstream.close()
 
-    async def explain(self, raw_body: bytes, api: ApiKind) -> dict[str, Any]:
-        """The plan a request would get, without sending it (admin endpoint)."""
+    async def explain(self, raw_body: bytes, api: ApiKind, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The plan a request would get, without sending it (admin endpoint); `headers` as the
+        request would carry them (session id, API key)."""
         if self.policy is None:
             raise InvalidRequestError("explain needs a policy file (--policy); without one every pool of the "
                                       "model is served by one router")
-        request = parse_inference_request(raw_body, api, request_id="explain", arrival_s=0.0, headers={})
+        request = parse_inference_request(raw_body, api, request_id="explain", arrival_s=0.0, headers=headers)
         return await self.policy.planner.explain(request)
+
+    async def reload_policy(self) -> list[str]:
+        """Reload the policy file now; its errors (empty: the new policy is in effect)."""
+        if self.policy is None:
+            raise InvalidRequestError("no policy file to reload: the gateway was started without --policy")
+        return [str(problem) for problem in await asyncio.to_thread(self.policy.watcher.reload_now)]
 
 
 class PolicyRuntime:
@@ -146,8 +153,9 @@ class PolicyRuntime:
         self.poll_s = settings.policy_poll_s
         self.cache: SemanticCache | None = None
         if settings.semantic_cache:
-            self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings.redis_url),
-                                       policies=self.planner.compiled.cache_policies)
+            cache = self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings.redis_url),
+                                               policies=self.planner.compiled.cache_policies)
+            self.planner.on_swap(lambda compiled: cache.update_policies(compiled.cache_policies))
 
     async def start(self) -> list[asyncio.Task[None]]:
         if self.cache is not None:
@@ -159,14 +167,10 @@ class PolicyRuntime:
             await self.cache.stop()
 
     async def _watch(self) -> None:
-        """Reload the policy when its file changes (a bad file keeps the old one) and hand the new
-        category cache policies to the cache."""
+        """Reload the policy when its file changes; a bad file keeps the old one."""
         while True:
             await asyncio.sleep(self.poll_s)
-            compiled = self.planner.compiled
             await asyncio.to_thread(self.watcher.poll)
-            if self.cache is not None and self.planner.compiled is not compiled:
-                self.cache.update_policies(self.planner.compiled.cache_policies)
 
 
 def _document_store(redis_url: str | None) -> DocumentStore:

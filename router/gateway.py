@@ -22,7 +22,7 @@ from cache.replay import replay_body, replay_sse
 from router.completion_text import completion_from_body, completion_from_sse
 from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
 from router.metrics import GatewayMetrics
-from router.plan import CacheHit, CacheMiss, Planner, ResponseCache, RoutePlan
+from router.plan import CacheHit, CacheMiss, Planner, ResponseCache, RoutePlan, plan_summary
 from router.proxy import UpstreamClient, UpstreamResponse
 from router.request import InferenceRequest
 from router.routing.base import InstanceView, RouteDecision, RouteRequest, Router
@@ -113,6 +113,8 @@ class Gateway:
             "x-fleetgate-route": decision.reason if attempts == 1 else f"{decision.reason}+retry",
             "x-fleetgate-rule": plan.rule,
         }
+        if headers.get("x-fleetgate-debug"):
+            response_headers["x-fleetgate-plan"] = plan_summary(plan)
         flight.first_byte()
         if request.stream and upstream.status == 200:
             return GatewayResponse(200, response_headers, stream=self._relay(request, upstream, flight, miss),
@@ -155,18 +157,21 @@ class Gateway:
 
         Ranked pools: the first healthy pool whose router expects the TTFT SLO to hold (routers
         without an estimate always do); when none does, the one with the lowest estimate. Unranked
-        pools: whichever promises the lowest TTFT. Pools without a healthy instance are skipped."""
+        pools: whichever promises the lowest TTFT, or for routers without an estimate the least
+        loaded per instance. Pools without a healthy instance are skipped."""
         snapshot = self.registry.snapshot
-        best: tuple[float, str, Router, RouteDecision] | None = None
+        best: tuple[tuple[float, float], str, Router, RouteDecision] | None = None
         for pool in plan.pools:
             healthy = snapshot.healthy(pool)
             if not healthy:
                 continue
             router = self.router_for(pool, plan.router, plan.router_params)
-            decision = router.route(route_request, self._views(snapshot, healthy), self.clock())
+            views = self._views(snapshot, healthy)
+            decision = router.route(route_request, views, self.clock())
             estimate_s = decision.estimated_ttft_s if decision.estimated_ttft_s is not None else 0.0
-            if best is None or estimate_s < best[0]:
-                best = (estimate_s, pool, router, decision)
+            rank = (estimate_s, sum(v.load for v in views) / len(views))  # routers without estimates: least load
+            if best is None or rank < best[0]:
+                best = (rank, pool, router, decision)
             if plan.pools_ranked and (plan.ttft_slo_s is None or estimate_s <= plan.ttft_slo_s):
                 break
         if best is None:

@@ -34,6 +34,18 @@ class RoutePlan:
     # False: any of them, whichever promises the lowest TTFT
 
 
+def plan_summary(plan: RoutePlan) -> str:
+    """One line for the `x-fleetgate-plan` debug header: the profile and the decision, never the prompt."""
+    p = plan.profile
+    slo = "" if plan.ttft_slo_s is None else round(plan.ttft_slo_s * 1000)
+    return (
+        f"rule={plan.rule}; pools={','.join(plan.pools)}; router={plan.router}; category={p.category}; "
+        f"api={p.api}; prompt_tokens={p.prompt_tokens}; output_tokens={p.output_tokens}; shape={p.shape}; "
+        f"context={p.context_class}; agentic={str(p.agentic).lower()}; turns={p.turns}; "
+        f"ttft_slo_ms={slo}; cache={plan.cache_policy or 'off'}"
+    )
+
+
 class Planner(Protocol):
     async def plan(self, request: InferenceRequest) -> RoutePlan:
         """Classify `request` and choose its plan; raises a GatewayError for unknown models.

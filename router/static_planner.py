@@ -1,7 +1,8 @@
 """The planner used when no policy file is given: every pool serving the model, one router.
 
-Pools are tried in the fleet file's order (the next one only when a pool has no healthy
-instance), so `fleetgate serve --worker-urls ... --model M` needs nothing else.
+The pools that can hold the prompt are offered unranked (the gateway takes whichever promises the
+lowest TTFT, or the least loaded); when none can, all are, and the backend's own context-length
+error reaches the client. `fleetgate serve --worker-urls ... --model M` needs nothing else.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from router.request import InferenceRequest
 class StaticPlanner:
     def __init__(self, pools: Mapping[str, Pool], router: str, *, ttft_slo_s: float | None = None,
                  classifier: WorkloadClassifier | None = None) -> None:
-        self._pools_by_model: dict[str, tuple[str, ...]] = {}
+        self._pools_by_model: dict[str, tuple[Pool, ...]] = {}
         for pool in pools.values():
-            self._pools_by_model[pool.model] = self._pools_by_model.get(pool.model, ()) + (pool.name,)
+            self._pools_by_model[pool.model] = self._pools_by_model.get(pool.model, ()) + (pool,)
         self._router = router
         self._ttft_slo_s = ttft_slo_s
         self._classifier = classifier or WorkloadClassifier()
@@ -31,5 +32,7 @@ class StaticPlanner:
             known = ", ".join(sorted(self._pools_by_model)) or "none"
             raise ModelNotFoundError(f"The model `{request.model}` does not exist. Models served here: {known}.",
                                      param="model")
-        return RoutePlan(pools=pools, router=self._router, rule="default",
-                         profile=self._classifier.classify(request), ttft_slo_s=self._ttft_slo_s)
+        profile = self._classifier.classify(request)
+        fitting = tuple(p.name for p in pools if p.max_context_tokens >= profile.prompt_tokens)
+        return RoutePlan(pools=fitting or tuple(p.name for p in pools), router=self._router, rule="default",
+                         profile=profile, ttft_slo_s=self._ttft_slo_s, pools_ranked=False)

@@ -139,3 +139,24 @@ async def _until_rule(session: aiohttp.ClientSession, url: str, rule: str, timeo
     while await rule_for(session, url, SHORT_CHAT) != rule:
         assert time.monotonic() < deadline, f"rule {rule} not in effect after {timeout_s}s"
         await asyncio.sleep(0.02)
+
+
+async def test_admin_reload_reports_errors_and_the_debug_header_shows_the_plan(fleet_and_files):
+    _fleet, fleet_path, policy_path = fleet_and_files
+    settings = {"fleet": str(fleet_path), "policy": str(policy_path), "policy_poll_s": 60, "semantic_cache": False}
+    async with gateway([], **settings) as url, aiohttp.ClientSession() as session:
+        async with session.post(url + "/v1/chat/completions", json=SHORT_CHAT,
+                                headers={"x-fleetgate-debug": "1"}) as response:
+            plan = response.headers["x-fleetgate-plan"]
+        assert "rule=short-chat" in plan and "pools=small" in plan and "Hello" not in plan
+
+        policy_path.write_text(INVALID)
+        async with session.post(url + "/admin/policy/reload") as response:
+            assert response.status == 422
+            assert any("rules[0].pools[0]" in error for error in (await response.json())["errors"])
+        assert await rule_for(session, url, SHORT_CHAT) == "short-chat"
+
+        policy_path.write_text(SWAPPED)
+        async with session.post(url + "/admin/policy/reload") as response:
+            assert response.status == 200 and (await response.json()) == {"reloaded": True, "errors": []}
+        assert await pool_of(session, url, SHORT_CHAT) == "agents"

@@ -6,7 +6,8 @@ import pytest
 
 from cache.embed import AsyncBatchingEmbedder, HashingEmbedder
 from policies.load import check_text
-from policies.planner import CompiledPolicy, PolicyPlanner, debug_header
+from policies.planner import CompiledPolicy, PolicyPlanner
+from router.plan import plan_summary
 from router.errors import ModelNotFoundError
 from router.request import InferenceRequest
 
@@ -185,7 +186,7 @@ async def test_explain_lists_the_matching_conditions_and_dropped_pools():
 
 async def test_debug_header_summarises_the_plan_without_prompt_text():
     plan = await PolicyPlanner(compiled()).plan(chat("secret words", tools=TOOLS))
-    header = debug_header(plan)
+    header = plan_summary(plan)
     assert "rule=agents" in header and "pools=big,mid" in header and "agentic=true" in header
     assert "secret" not in header
 
