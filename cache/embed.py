@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -115,11 +116,16 @@ class AsyncBatchingEmbedder:
 
     The first caller opens a window of `window_s`; everyone arriving before it closes (or before the
     batch reaches `max_batch`) shares one model call. Only one batch runs at a time because the model
-    saturates the CPU by itself; callers arriving meanwhile form the next batch.
+    saturates the CPU by itself; callers arriving meanwhile form the next batch. The last
+    `memo_size` texts are remembered: the topic classifier and the cache usually embed the same
+    question for one request, and retries and repeated questions are common.
     """
 
-    def __init__(self, embedder: Embedder, *, window_s: float = DEFAULT_BATCH_WINDOW_S, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, embedder: Embedder, *, window_s: float = DEFAULT_BATCH_WINDOW_S, max_batch: int = DEFAULT_MAX_BATCH,
+                 memo_size: int = 1024) -> None:
         self.embedder = embedder
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memo_size = memo_size
         self._window_s = window_s
         self._max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
@@ -133,7 +139,18 @@ class AsyncBatchingEmbedder:
         return self.embedder.dim
 
     async def embed_one(self, text: str) -> np.ndarray:
-        """The unit vector of `text`, computed in a shared batch."""
+        """The unit vector of `text`, remembered or computed in a shared batch."""
+        remembered = self._memo.get(text)
+        if remembered is not None:
+            self._memo.move_to_end(text)
+            return remembered
+        vector = await self._batched(text)
+        self._memo[text] = vector
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return vector
+
+    async def _batched(self, text: str) -> np.ndarray:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((text, future))
         if self._flusher is None:

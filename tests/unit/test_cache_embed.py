@@ -66,3 +66,16 @@ async def test_model_failure_reaches_every_waiter() -> None:
     batching = AsyncBatchingEmbedder(Broken(), window_s=0.001)
     results = await asyncio.gather(batching.embed_one("a"), batching.embed_one("b"), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_recent_texts_are_remembered_not_recomputed() -> None:
+    inner = CountingEmbedder()
+    batching = AsyncBatchingEmbedder(inner, window_s=0.001, memo_size=2)
+    first = await batching.embed_one("what is a router")
+    again = await batching.embed_one("what is a router")  # topic, then cache: one model call
+    np.testing.assert_array_equal(first, again)
+    assert inner.calls == [1]
+    await batching.embed_one("b")
+    await batching.embed_one("c")  # pushes the first text out of a memo of two
+    await batching.embed_one("what is a router")
+    assert inner.calls == [1, 1, 1, 1]
