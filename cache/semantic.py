@@ -36,7 +36,9 @@ from router.request import InferenceRequest
 
 log = logging.getLogger("fleetgate.cache")
 
-CACHEABLE_FINISH_REASONS = frozenset({"stop"})  # "length" is a cut answer; errors never reach store()
+# "length" answers are whole answers to their max_tokens (the emulator always ends so); they are only
+# served to requests asking for no more tokens. Cut or errored streams never reach store().
+CACHEABLE_FINISH_REASONS = frozenset({"stop", "length"})
 DEFAULT_K = 4
 DEFAULT_COALESCE_TIMEOUT_S = 10.0
 DEFAULT_MAX_KEY_CHARS = 1000  # about the 256 word pieces MiniLM reads; longer keys are exact-match only
@@ -78,7 +80,15 @@ class _MissKey:
     key: RequestKey
     vector: np.ndarray | None  # None: the key was too long for the model, exact-match only
     policy_name: str
+    max_tokens: int | None  # requested: bounds which requests a "length" answer may serve
     leader: bool  # this miss owns the in-flight slot that identical lookups wait on
+
+
+def _fits(answer: Answer, max_tokens: int | None) -> bool:
+    """A "length" answer was cut at its request's max_tokens: it serves only requests asking for no more."""
+    if answer.finish_reason != "length":
+        return True
+    return max_tokens is not None and answer.max_tokens is not None and max_tokens <= answer.max_tokens
 
 
 class SemanticCache:
@@ -223,13 +233,13 @@ class SemanticCache:
         try:
             exact = self._entries.get(key.entry_id)
             if exact is not None and self._fresh(exact, now_s, ttl_s):
-                answer = await self._answer(exact)
+                answer = await self._answer(exact, request.max_tokens)
                 if answer is not None:
                     self.stats.exact_hits[policy_name] += 1
                     return CacheHit(answer.text, answer.finish_reason, 1.0)
             if self._inflight_live(key.entry_id):
                 coalesced = await self._await_inflight(key.entry_id)
-                if coalesced is not None:
+                if coalesced is not None and _fits(coalesced, request.max_tokens):
                     self.stats.coalesced[policy_name] += 1
                     return CacheHit(coalesced.text, coalesced.finish_reason, 1.0)
                 leader = False
@@ -237,39 +247,39 @@ class SemanticCache:
                 leader = self._lead(key.entry_id)  # claimed before embedding so identical lookups wait for us
         except CacheUnavailable:
             self.stats.store_unavailable += 1
-            return CacheMiss(_MissKey(namespace, key, None, policy_name, leader=False))
-        hit: CacheHit | None = None
+            return CacheMiss(_MissKey(namespace, key, None, policy_name, request.max_tokens, leader=False))
+        found: tuple[Answer, float] | None = None
         vector = None
         try:
             if len(key.text) <= self.max_key_chars:
                 vector = await self.embedder.embed_one(key.text)
-                hit = await self._search(namespace, key, vector, policy, threshold, ttl_s, now_s)
+                found = await self._search(namespace, key, vector, request.max_tokens, threshold, ttl_s, now_s)
         except CacheUnavailable:
             self.stats.store_unavailable += 1
         except BaseException:
             if leader:
                 self._settle(key.entry_id, None)
             raise
-        if hit is not None:
+        if found is not None:
+            answer, similarity = found
+            if similarity < policy.threshold:
+                self.stats.relaxed_hits[policy_name] += 1
             if leader:  # identical lookups that queued behind us share the hit
-                self._settle(key.entry_id, Answer(hit.text, hit.finish_reason))
-            return hit
-        return CacheMiss(_MissKey(namespace, key, vector, policy_name, leader=leader))
+                self._settle(key.entry_id, answer)
+            return CacheHit(answer.text, answer.finish_reason, similarity)
+        return CacheMiss(_MissKey(namespace, key, vector, policy_name, request.max_tokens, leader=leader))
 
     async def _search(
-        self, namespace: Namespace, key: RequestKey, vector: np.ndarray, policy: CachePolicy, threshold: float, ttl_s: float, now_s: float
-    ) -> CacheHit | None:
-        """The best fresh neighbour with the same context, above `threshold`."""
+        self, namespace: Namespace, key: RequestKey, vector: np.ndarray, max_tokens: int | None, threshold: float, ttl_s: float, now_s: float
+    ) -> tuple[Answer, float] | None:
+        """The answer and similarity of the best fresh neighbour with the same context, above `threshold`."""
         for neighbour in self.index.search(namespace, vector, self.k, threshold):
             entry = self._entries.get(neighbour.entry_id)
             if entry is None or entry.head.context_hash != key.context_hash or not self._fresh(entry, now_s, ttl_s):
                 continue
-            answer = await self._answer(entry)
-            if answer is None:
-                continue
-            if neighbour.similarity < policy.threshold:
-                self.stats.relaxed_hits[namespace.category] += 1
-            return CacheHit(answer.text, answer.finish_reason, neighbour.similarity)
+            answer = await self._answer(entry, max_tokens)
+            if answer is not None:
+                return answer, neighbour.similarity
         return None
 
     def _fresh(self, entry: _Entry, now_s: float, ttl_s: float) -> bool:
@@ -280,11 +290,13 @@ class SemanticCache:
             return False
         return age_s < ttl_s
 
-    async def _answer(self, entry: _Entry) -> Answer | None:
-        """The entry's answer from the store; an entry the store no longer has is forgotten."""
+    async def _answer(self, entry: _Entry, max_tokens: int | None) -> Answer | None:
+        """The entry's answer from the store if it fits the request; an entry the store no longer has is forgotten."""
         answer = await self.store_backend.answer(entry.head.entry_id)
         if answer is None:
             self._forget([entry.head.entry_id], "gone")
+            return None
+        if not _fits(answer, max_tokens):
             return None
         entry.hits += 1
         return answer
@@ -334,11 +346,11 @@ class SemanticCache:
         if not isinstance(key, _MissKey):
             return
         cacheable = finish_reason in CACHEABLE_FINISH_REASONS and bool(text)
-        answer = Answer(text, finish_reason)
+        answer = Answer(text, finish_reason, key.max_tokens)
         if key.leader:
             self._settle(key.key.entry_id, answer if cacheable else None)
         if not cacheable:
-            self.stats.not_stored[(key.policy_name, f"finish-{finish_reason or 'empty'}")] += 1
+            self.stats.not_stored[(key.policy_name, f"finish-{finish_reason}" if text else "empty")] += 1
             return
         policy = self.policies.get(key.policy_name)
         if policy is None or not policy.enabled:

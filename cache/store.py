@@ -6,7 +6,7 @@ into a *head* (namespace, vector, timestamps: what a replica needs to index it) 
 heads, never answers.
 
 Redis layout (prefix `fleetgate:cache:` by default):
-- `<prefix>doc:<entry_id>`: a hash {head: JSON, vec: float32 bytes, text, finish}, with a TTL;
+- `<prefix>doc:<entry_id>`: a hash {head: JSON, vec: float32 bytes, text, finish, max_tokens}, with a TTL;
 - `<prefix>events`: a stream of {op: put|del, id, origin, head?, vec?} that every replica tails to learn
   the others' new entries and deletions (trimmed to about `events_max_len`).
 
@@ -54,6 +54,7 @@ class DocumentHead:
 class Answer:
     text: str
     finish_reason: str
+    max_tokens: int | None = None  # of the request that produced it: a "length" answer only fits requests asking no more
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +220,9 @@ class RedisDocumentStore:
                 head, key = document.head, self._key(document.head.entry_id)
                 head_json = _HeadJson.of(head).model_dump_json()
                 vec = np.asarray(head.vector, dtype=np.float32).tobytes()
-                pipe.hset(key, mapping={"head": head_json, "vec": vec, "text": document.answer.text,
-                                        "finish": document.answer.finish_reason})
+                answer = document.answer
+                pipe.hset(key, mapping={"head": head_json, "vec": vec, "text": answer.text, "finish": answer.finish_reason,
+                                        "max_tokens": "" if answer.max_tokens is None else str(answer.max_tokens)})
                 pipe.expire(key, max(1, int(np.ceil(head.ttl_s))))
                 pipe.xadd(self._stream, {"op": "put", "id": head.entry_id, "origin": self._origin, "head": head_json, "vec": vec},
                           maxlen=self._max_len, approximate=True)
@@ -229,10 +231,10 @@ class RedisDocumentStore:
         await self._call(write)
 
     async def answer(self, entry_id: str) -> Answer | None:
-        text, finish = await self._call(lambda: self._client.hmget(self._key(entry_id), ["text", "finish"]))
+        text, finish, max_tokens = await self._call(lambda: self._client.hmget(self._key(entry_id), ["text", "finish", "max_tokens"]))
         if text is None or finish is None:
             return None
-        return Answer(text.decode(), finish.decode())
+        return Answer(text.decode(), finish.decode(), int(max_tokens) if max_tokens else None)
 
     async def delete(self, entry_ids: list[str]) -> None:
         if not entry_ids:

@@ -139,12 +139,33 @@ async def test_bypass_reasons(clock: ManualClock, policy: str | None, fields: di
     assert sum(cache.stats.bypasses.values()) == 1
 
 
-async def test_cut_answers_are_not_stored(clock: ManualClock) -> None:
+@pytest.mark.parametrize(
+    ("stored_max", "finish", "asked_max", "hits"),
+    [
+        (16, "stop", None, True),
+        (16, "stop", 500, True),
+        (16, "length", 16, True),
+        (16, "length", 8, True),
+        (16, "length", 17, False),  # the cached answer was cut shorter than this request allows
+        (16, "length", None, False),
+        (None, "length", 8, False),
+    ],
+)
+async def test_length_answers_serve_only_requests_asking_no_more(
+    clock: ManualClock, stored_max: int | None, finish: str, asked_max: int | None, hits: bool
+) -> None:
+    cache = make_cache(clock)
+    miss = await cache.lookup(request(Q, max_tokens=stored_max), plan())
+    await cache.store(miss, "an answer", finish)
+    assert isinstance(await cache.lookup(request(Q, max_tokens=asked_max), plan()), CacheHit) == hits
+
+
+async def test_empty_answers_are_not_stored(clock: ManualClock) -> None:
     cache = make_cache(clock)
     miss = await cache.lookup(request(Q), plan())
-    await cache.store(miss, "half an ans", "length")
+    await cache.store(miss, "", "stop")
     assert isinstance(await cache.lookup(request(Q), plan()), CacheMiss)
-    assert cache.stats.not_stored[("faq", "finish-length")] == 1
+    assert cache.stats.not_stored[("faq", "empty")] == 1
 
 
 async def test_load_adaptation_relaxes_and_returns(clock: ManualClock) -> None:
