@@ -221,3 +221,18 @@ def test_work_weight_charges_recomputing_a_prefix_the_other_candidate_holds(work
     busy = with_load(views, c1, local_queued_prefill_tokens=3000, local_inflight=1)
     decision = router.route(request(prefix + "second question", "r2"), busy, 1.0)
     assert (decision.chosen.name == c1) is expect_holder
+
+
+@pytest.mark.parametrize(("follow_holder", "expect_holder"), [(True, True), (False, False)])
+def test_a_prefix_displaced_outside_the_pair_is_followed(follow_holder, expect_holder):
+    router = DualMap(follow_holder=follow_holder)
+    prefix = "long shared document " * 1000  # ~5000 tokens
+    warm = request(prefix + "first question", "warm")
+    c1, c2 = pair_of(router, warm, pool(8))
+    views = pool(8)
+    outsider = next(v for v in views if v.name not in (c1, c2))
+    router.on_dispatch(warm, outsider.endpoint, 0.0)  # e.g. an SLO fallback put it there
+    router.on_first_token(warm, outsider.endpoint, 0.1)
+    decision = router.route(request(prefix + "second question", "r2"), views, 1.0)
+    assert (decision.chosen.name == outsider.name) is expect_holder
+    assert (decision.reason == "holder") is expect_holder
