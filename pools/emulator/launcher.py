@@ -142,10 +142,19 @@ def fleet_subprocess(specs: Sequence[PoolSpecLike], *, time_scale: float = 1.0, 
             _terminate(process.pid, lambda: process.poll() is None, 10.0)
 
 
-def fleet_up(fleet_file: str, *, time_scale: float, state_dir: Path, timeout_s: float = 60.0) -> FleetState:
-    """Start the fleet file's emulator pools in one background process; return once all are healthy."""
-    if not specs_from_fleet(load_fleet(fleet_file)):  # validate here, so errors reach the terminal
-        raise ValueError(f"{fleet_file} has no emulator pools (pools with count and base_port)")
+def fleet_up(fleet_file: str, *, time_scale: float, state_dir: Path, timeout_s: float | None = None) -> FleetState:
+    """Start the fleet file's emulator pools (and `backend: vllm` pools as real vLLM children of the
+    same process) in one background process; return once all are healthy. The default wait is 60 s,
+    or pools/realvllm.py's READY_TIMEOUT_S when real vLLM has to start."""
+    from pools.realvllm import READY_TIMEOUT_S, VllmSettings, vllm_pools_from_fleet
+
+    config = load_fleet(fleet_file)  # validate here, so errors reach the terminal
+    vllm_pools = vllm_pools_from_fleet(config)
+    if not specs_from_fleet(config) and not vllm_pools:
+        raise ValueError(f"{fleet_file} has no pools to start (pools with count and base_port)")
+    if vllm_pools:
+        VllmSettings().check_installed()
+    timeout_s = timeout_s or (READY_TIMEOUT_S + 30.0 if vllm_pools else 60.0)
     state_dir.mkdir(parents=True, exist_ok=True)
     state_file, log_file = state_dir / STATE_FILE, state_dir / LOG_FILE
     if state_file.exists():
