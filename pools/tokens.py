@@ -7,6 +7,9 @@ share cached blocks exactly when they share a character prefix, as in vLLM's pre
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+import orjson
 import xxhash
 
 CHARS_PER_TOKEN = 4
@@ -47,3 +50,19 @@ def chain_hashes(text: str, block_chars: int, seed: int = 0) -> list[int]:
 def kv_block_hashes(text: str) -> list[int]:
     """Hashes of the full 16-token KV blocks of a prompt, as the emulated prefix cache keys them."""
     return chain_hashes(text, KV_BLOCK_CHARS)
+
+
+def content_text(content: Any) -> str:
+    """A chat message's content as the text a model reads: strings as is, text parts joined,
+    other parts (images, tool payloads) as sorted JSON so equal content renders equally."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) if isinstance(part, Mapping) and part.get("type") == "text"
+            else orjson.dumps(part, option=orjson.OPT_SORT_KEYS).decode()
+            for part in content
+        )
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()

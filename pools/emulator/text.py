@@ -16,26 +16,14 @@ from typing import Any, Iterable, Mapping
 import orjson
 import xxhash
 
+from pools.tokens import content_text
+
 _WORDS = tuple(
     "the and for are but not you all any can had her was one our out day get has him his how man new now "
     "old see two way who boy did its let put say she too use art sky sea sun air map top key end run set "
     "big low red far few own yes tip net log row".split()
 )
 assert all(len(w) == 3 for w in _WORDS)
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) if isinstance(part, Mapping) and part.get("type") == "text"
-            else orjson.dumps(part, option=orjson.OPT_SORT_KEYS).decode()
-            for part in content
-        )
-    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def render_chat_prompt(messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | None = None) -> str:
@@ -45,7 +33,7 @@ def render_chat_prompt(messages: Iterable[Mapping[str, Any]], tools: Iterable[An
         tools_json = orjson.dumps(list(tools), option=orjson.OPT_SORT_KEYS).decode()
         parts.append(f"<|start_header_id|>system<|end_header_id|>\n\nTools: {tools_json}<|eot_id|>")
     for message in messages:
-        text = _content_text(message.get("content"))
+        text = content_text(message.get("content"))
         if message.get("tool_calls"):
             text += orjson.dumps(message["tool_calls"], option=orjson.OPT_SORT_KEYS).decode()
         parts.append(f"<|start_header_id|>{message.get('role', 'user')}<|end_header_id|>\n\n{text}<|eot_id|>")

@@ -11,24 +11,9 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
-from pools.tokens import chain_hashes
+from pools.tokens import chain_hashes, content_text
 
 ROUTING_BLOCK_CHARS = 256
-
-
-def _content_text(content: Any) -> str:
-    """Message content as text: strings as is, text parts joined, other parts as sorted JSON."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") if isinstance(part, Mapping) and part.get("type") == "text"
-            else orjson.dumps(part, option=orjson.OPT_SORT_KEYS).decode()
-            for part in content
-        )
-    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def render_chat(messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | None = None) -> str:
@@ -37,7 +22,7 @@ def render_chat(messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | No
     if tools:
         parts.append("<|tools|>\n" + orjson.dumps(list(tools), option=orjson.OPT_SORT_KEYS).decode() + "\n")
     for message in messages:
-        text = _content_text(message.get("content"))
+        text = content_text(message.get("content"))
         if message.get("tool_calls"):
             text += orjson.dumps(message["tool_calls"], option=orjson.OPT_SORT_KEYS).decode()
         parts.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
