@@ -160,13 +160,6 @@ class AsyncBatchingEmbedder:
             self._full.set()
         return await future
 
-    async def embed_many(self, texts: list[str]) -> np.ndarray:
-        """A caller-formed batch (cache eval, rebuild): one thread hop, no window."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        async with self._lock():
-            return await asyncio.to_thread(self.embedder.embed, texts)
-
     def _lock(self) -> asyncio.Lock:
         if self._model_lock is None:
             self._model_lock = asyncio.Lock()

@@ -40,11 +40,13 @@ class RedisServer:
     def start(self) -> None:
         args = [self._binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self._dir), "--save", "",
                 "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"]
-        self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        log_path = self._dir / "redis.log"  # a file, not a pipe: a full pipe would freeze the server
+        with log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                output = self._process.stdout.read().decode(errors="replace") if self._process.stdout else ""
+                output = log_path.read_text(errors="replace")
                 raise RuntimeError(f"redis-server exited with {self._process.returncode} on port {self.port}:\n{output[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
