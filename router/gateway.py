@@ -23,6 +23,7 @@ from router.completion_text import completion_from_body, completion_from_sse
 from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
 from router.metrics import GatewayMetrics
 from router.plan import CacheHit, CacheMiss, Planner, ResponseCache, RoutePlan, plan_summary
+from router.pressure import PoolPressure
 from router.proxy import UpstreamClient, UpstreamResponse
 from router.request import InferenceRequest
 from router.routing.base import InstanceView, RouteDecision, RouteRequest, Router
@@ -85,6 +86,7 @@ class Gateway:
         self.clock = clock
         self._max_attempts = max_attempts
         self._local = LocalLoad()
+        self._pressure = PoolPressure()
 
     async def handle(self, request: InferenceRequest, raw_body: bytes, headers: Mapping[str, str]) -> GatewayResponse:
         """Serve one request; raises a GatewayError the API layer turns into an OpenAI error."""
@@ -99,19 +101,24 @@ class Gateway:
                 return self._cache_hit_response(request, plan, lookup)
             if isinstance(lookup, CacheMiss):
                 miss = lookup
-        route_request = self._route_request(request, plan)
-        pool, router, decision = self._route(route_request, plan)
-        forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
-        if "authorization" in headers:
-            forward_headers["Authorization"] = headers["authorization"]
-        upstream, flight, attempts = await self._open(request, raw_body, forward_headers, route_request,
-                                                      pool, router, decision)
+        try:
+            route_request = self._route_request(request, plan)
+            pool, router, decision = self._route(route_request, plan)
+            forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
+            if "authorization" in headers:
+                forward_headers["Authorization"] = headers["authorization"]
+            upstream, flight, attempts = await self._open(request, raw_body, forward_headers, route_request,
+                                                          pool, router, decision)
+        except BaseException:
+            self._release(miss)
+            raise
         response_headers = {
             "x-request-id": request.request_id,
             "x-fleetgate-pool": pool,
             "x-fleetgate-instance": flight.endpoint.name,
             "x-fleetgate-route": decision.reason if attempts == 1 else f"{decision.reason}+retry",
             "x-fleetgate-rule": plan.rule,
+            "x-fleetgate-cache": "miss" if miss is not None else "bypass",
         }
         if headers.get("x-fleetgate-debug"):
             response_headers["x-fleetgate-plan"] = plan_summary(plan)
@@ -121,14 +128,14 @@ class Gateway:
                                    content_type=upstream.content_type)
         try:
             body = await upstream.read_all()
-        except UpstreamError:
-            flight.finish(ok=False, error_kind="broken")
+        except BaseException as error:
+            flight.finish(ok=False, error_kind="broken" if isinstance(error, UpstreamError) else "client-gone")
+            self._release(miss)
             raise
         finally:
             upstream.close()
         flight.finish(ok=upstream.status < 400, status=upstream.status)
-        if miss is not None and upstream.status == 200:
-            await self._store(miss, completion_from_body(request.api, body))
+        await self._store(miss, completion_from_body(request.api, body) if upstream.status == 200 else None)
         return GatewayResponse(upstream.status, response_headers, body=body, content_type=upstream.content_type)
 
     def router_for(self, pool: str, name: str, params: tuple[tuple[str, Any], ...] = ()) -> Router:
@@ -243,20 +250,39 @@ class Gateway:
         finally:
             upstream.close()
             flight.finish(ok=ok, error_kind=None if ok else error_kind)
-        if ok and kept is not None and miss is not None:
+            if not ok:
+                self._release(miss)
+        if ok and kept is not None:
             await self._store(miss, completion_from_sse(request.api, b"".join(kept)))
 
-    async def _store(self, miss: CacheMiss, completion: tuple[str, str] | None) -> None:
-        """Remember a clean, complete answer; a cut or errored one is never stored."""
-        if completion is None or self.cache is None:
+    async def _store(self, miss: CacheMiss | None, completion: tuple[str, str] | None) -> None:
+        """Remember a clean, complete answer; a cut or errored one is never stored (and identical
+        requests waiting on it are released)."""
+        if miss is None or self.cache is None:
+            return
+        if completion is None:
+            self.cache.release(miss)
             return
         text, finish_reason = completion
         await self.cache.store(miss, text, finish_reason)
 
+    def _release(self, miss: CacheMiss | None) -> None:
+        if miss is not None and self.cache is not None:
+            self.cache.release(miss)
+
+    def observe_ttft(self, pool: str, ttft_s: float, slo_s: float | None) -> None:
+        """Feed the pool-pressure signal that makes the cache relax for pools over their SLO."""
+        if slo_s is None or self.cache is None:
+            return
+        changed = self._pressure.observe(pool, ttft_s, slo_s)
+        if changed is not None:
+            self.cache.set_pool_pressure(pool, changed)
+
     def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit) -> GatewayResponse:
         headers = {"x-request-id": request.request_id, "x-fleetgate-pool": "cache",
                    "x-fleetgate-instance": "semantic-cache", "x-fleetgate-route": "cache-hit",
-                   "x-fleetgate-rule": plan.rule, "x-fleetgate-cache-similarity": f"{hit.similarity:.4f}"}
+                   "x-fleetgate-rule": plan.rule, "x-fleetgate-cache": "hit",
+                   "x-fleetgate-cache-similarity": f"{hit.similarity:.4f}"}
         self.metrics.requests.labels(request.api, "cache", "semantic-cache", "cache-hit").inc()
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
@@ -294,6 +320,7 @@ class _Flight:
         self._first_s = self._last_s = now_s
         self._gateway._local.queued_prefill_tokens[self.endpoint.name] -= self._route_request.prompt_tokens
         self._gateway.metrics.ttft.labels(self.pool, self.endpoint.name).observe(now_s - self._arrival_s)
+        self._gateway.observe_ttft(self.pool, now_s - self._arrival_s, self._route_request.ttft_slo_s)
         self._router.on_first_token(self._route_request, self.endpoint, now_s)
 
     def chunk(self, data: bytes) -> None:

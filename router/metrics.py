@@ -6,7 +6,11 @@ ids or prompts. Histogram buckets span cached-prefix TTFTs (a few ms) to long qu
 
 from __future__ import annotations
 
+from typing import Any, Iterator, Mapping, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TPOT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -48,3 +52,47 @@ class GatewayMetrics:
         self.policy_rules = Counter(
             "fleetgate_policy_rule_matches_total", "Requests by the policy rule that planned them.",
             ["rule"], registry=registry)
+
+    def watch_cache(self, cache: "CacheCounters") -> None:
+        """Export the semantic cache's own counters at scrape time (it keeps plain counters)."""
+        self.registry.register(_CacheCollector(cache))
+
+
+class CacheCounters(Protocol):
+    """What the cache exposes for metrics (cache.semantic.SemanticCache)."""
+
+    @property
+    def stats(self) -> Any: ...
+
+    def sizes(self) -> Mapping[Any, int]: ...
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: CacheCounters) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._cache.stats
+        entries = GaugeMetricFamily("fleetgate_cache_entries", "Semantic cache entries by category.", labels=["category"])
+        by_category: dict[str, int] = {}
+        for namespace, size in self._cache.sizes().items():
+            by_category[namespace.category] = by_category.get(namespace.category, 0) + size
+        for category, size in by_category.items():
+            entries.add_metric([category], size)
+        yield entries
+        relaxed = CounterMetricFamily("fleetgate_cache_relaxed_hits", "Hits only the load-relaxed threshold allowed.",
+                                      labels=["category"])
+        for category, count in stats.relaxed_hits.items():
+            relaxed.add_metric([category], count)
+        yield relaxed
+        for name, documentation, label, counts in (
+            ("fleetgate_cache_evictions", "Entries evicted, by reason (quota, expired, gone).", "reason", stats.evictions),
+            ("fleetgate_cache_adaptations", "Load adaptations: relax when the pool went over SLO, restore when back.",
+             "direction", stats.adaptations),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["category", label])
+            for (category, value), count in counts.items():
+                family.add_metric([category, value], count)
+            yield family
+        yield CounterMetricFamily("fleetgate_cache_store_unavailable", "Cache calls that found the document store down "
+                                  "(each served as a miss).", value=stats.store_unavailable)

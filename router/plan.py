@@ -83,3 +83,11 @@ class ResponseCache(Protocol):
     async def store(self, miss: CacheMiss, text: str, finish_reason: str) -> None:
         """Remember a completed response (only called for responses that ended cleanly)."""
         ...
+
+    def release(self, miss: CacheMiss) -> None:
+        """The miss's upstream call failed: identical requests waiting on it go upstream now."""
+        ...
+
+    def set_pool_pressure(self, pool: str, over_slo: bool) -> None:
+        """`pool` went over (or back under) its TTFT SLO: the cache may relax for its categories."""
+        ...

@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
+import aiohttp
 import openai
 import pytest
 
@@ -65,13 +66,20 @@ async def ask(url: str, text: str) -> tuple[str, dict[str, str]]:
 async def test_paraphrase_hit_through_the_gateway_plain_and_streaming(tmp_path: Path, redis_server: RedisServer) -> None:
     async with fleet(tmp_path, redis_server.url) as (url,):
         answer, headers = await ask(url, QUESTION)
-        assert headers["x-fleetgate-route"] != "cache-hit"
+        assert headers["x-fleetgate-route"] != "cache-hit" and headers["x-fleetgate-cache"] == "miss"
         cached, headers = await ask(url, PARAPHRASE)
-        assert headers["x-fleetgate-route"] == "cache-hit" and cached == answer
+        assert headers["x-fleetgate-route"] == "cache-hit" and headers["x-fleetgate-cache"] == "hit"
+        assert cached == answer
         assert 0.8 <= float(headers["x-fleetgate-cache-similarity"]) < 1.0
         stream = await client(url).chat.completions.create(model=MODEL, messages=chat(PARAPHRASE), max_tokens=16,
                                                            temperature=0, stream=True)
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == answer
+        _, headers = await ask(url, "What is the weather like today?")  # category general: cache disabled
+        assert headers["x-fleetgate-cache"] == "bypass"
+        async with aiohttp.ClientSession() as session:
+            metrics = await (await session.get(url + "/metrics")).text()
+        assert 'fleetgate_cache_entries{category="accounts"} 1.0' in metrics
+        assert 'fleetgate_cache_lookups_total{category="accounts",outcome="hit"} 2.0' in metrics
 
 
 async def test_two_gateways_share_entries_and_survive_a_redis_outage(tmp_path: Path, redis_server: RedisServer) -> None:
