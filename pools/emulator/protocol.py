@@ -25,6 +25,8 @@ class _GenerationRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice: the emulator samples a single sequence
+    temperature: float | None = Field(default=None, ge=0)  # checked as vLLM does, otherwise ignored
+    top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     ignore_eos: bool = False  # vLLM extension: generate exactly max_tokens
 
@@ -60,23 +62,24 @@ def parse_request(body: bytes, kind: ApiKind) -> ChatCompletionRequest | Complet
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"Invalid JSON body: {exc}") from None
+        raise BadRequest(f"Invalid JSON body: {exc}", param="body") from None
     if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object")
+        raise BadRequest("The request body must be a JSON object", param="body")
     model = ChatCompletionRequest if kind == "chat" else CompletionRequest
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(problems) from None
+        errors = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors)
+        raise BadRequest(problems, param=".".join(str(p) for p in errors[0]["loc"]) or "body") from None
 
 
 def error_body(message: str, status: int, param: str | None = None) -> bytes:
-    """vLLM's error object (`ErrorResponse`)."""
+    """vLLM's error object (`ErrorResponse`, nested under "error" since vLLM 0.1x, as OpenAI's)."""
     error_type = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
         status, "InternalServerError" if status >= 500 else "BadRequestError"
     )
-    return orjson.dumps({"object": "error", "message": message, "type": error_type, "param": param, "code": status})
+    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": status}})
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def response_body(
     if kind == "chat":
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": text, "tool_calls": []},
+            "message": {"role": "assistant", "content": text},
             "logprobs": None,
             "finish_reason": finish_reason,
             "stop_reason": None,

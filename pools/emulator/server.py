@@ -258,21 +258,18 @@ class EmulatorServer:
             requested = body.max_tokens
         prompt_tokens = count_tokens(text)
         limit = self.engine.max_model_len
-        param = "messages" if kind == "chat" else "prompt"
+        if requested is not None and requested > limit:
+            raise BadRequest(f"max_tokens={requested} cannot be greater than max_model_len={limit}. Please request "
+                             f"fewer output tokens. (parameter=max_tokens, value={requested})", param="max_tokens")
         if prompt_tokens >= limit:
             raise BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, your request has "
-                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
-                param=param,
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. Please "
+                f"reduce the length of the input prompt. (parameter=input_tokens, value={prompt_tokens})",
+                param="input_tokens",
             )
-        max_tokens = requested if requested is not None else min(self.default_max_tokens, limit - prompt_tokens)
-        if prompt_tokens + max_tokens > limit:
-            raise BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion.",
-                param=param,
-            )
+        # As vLLM 0.32: an answer that would run past the context is cut there (finish "length"), not refused.
+        max_tokens = min(requested if requested is not None else self.default_max_tokens, limit - prompt_tokens)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         seed = answer_seed(text, body.seed)
         natural = natural_length(seed)

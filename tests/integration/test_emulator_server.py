@@ -173,13 +173,15 @@ async def test_disconnect_while_waiting_for_a_whole_answer_aborts(start_server: 
     await poll_metrics(server, lambda m: m["vllm:num_requests_running"] == 0)
 
 
-async def test_prompt_over_max_context_is_a_400(start_server: ServerFactory) -> None:
+async def test_context_limit_refuses_long_prompts_and_cuts_long_answers(start_server: ServerFactory) -> None:
     server = await start_server(max_model_len=2048)
     api = client(server)
     with pytest.raises(openai.BadRequestError, match="maximum context length is 2048"):
         await api.chat.completions.create(model=MODEL, messages=chat("word " * 2000), max_tokens=10)
-    with pytest.raises(openai.BadRequestError, match="maximum context length"):
-        await api.completions.create(model=MODEL, prompt="abcd" * 2000, max_tokens=100)
+    with pytest.raises(openai.BadRequestError, match="cannot be greater than max_model_len=2048"):
+        await api.completions.create(model=MODEL, prompt="abcd", max_tokens=3000)
+    cut = await api.completions.create(model=MODEL, prompt="abcd" * 2000, max_tokens=100, extra_body={"ignore_eos": True})
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens, cut.choices[0].finish_reason) == (2000, 48, "length")
     with pytest.raises(openai.NotFoundError):
         await api.completions.create(model="other-model", prompt="hi", max_tokens=1)
 
@@ -198,8 +200,9 @@ async def test_malformed_requests_get_vllm_style_400(start_server: ServerFactory
     async with aiohttp.ClientSession() as session, session.post(server.url + path, data=body) as response:
         payload = await response.json()
     assert response.status == 400
-    assert payload["object"] == "error" and payload["type"] == "BadRequestError" and payload["code"] == 400
-    assert needle in payload["message"]
+    error = payload["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    assert needle in error["message"]
 
 
 async def test_models_health_and_fault_knob(start_server: ServerFactory) -> None:

@@ -1,0 +1,47 @@
+"""Real vLLM (CPU build, tiny model) for the `realvllm` tier: two instances for the whole session,
+started once (about 70 s) and shared by the conformance and the gateway tests.
+
+Run with `python -m pytest -m realvllm tests/realvllm` after `deploy/vllm-cpu/setup.sh`. A missing
+vLLM environment is a failure, never a skip: this tier exists to prove the real thing.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from pools.emulator.server import EmulatorServer
+from pools.realvllm import VllmFleet, VllmNotInstalled, VllmSettings, run_vllm
+from support.gateway import MODEL
+from support.servers import free_port
+
+MAX_MODEL_LEN = 4096
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmFleet]:
+    settings = VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN)
+    try:
+        settings.check_installed()
+    except VllmNotInstalled as exc:
+        pytest.fail(f"{exc}\nThe realvllm tier needs real vLLM: run deploy/vllm-cpu/setup.sh "
+                    "(or set FLEETGATE_VLLM_VENV to an environment it made).", pytrace=False)
+    with run_vllm(settings, [free_port(), free_port()], log_dir=tmp_path_factory.mktemp("vllm-logs")) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def vllm_url(real_vllm: VllmFleet) -> str:
+    return real_vllm.urls[0]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    """An emulator configured like the real instances (model name, context limit), in this test's loop."""
+    server = EmulatorServer("l4", MODEL, max_model_len=MAX_MODEL_LEN, time_scale=0.2)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
