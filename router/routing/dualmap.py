@@ -23,13 +23,18 @@ Per request (DESIGN.md, "Prefix affinity: our DualMap design"):
    a key if its other candidate is not hot and meets the SLO; the key is then steered to the other
    candidate for `steer_ttl_s` so its cache builds in one place instead of flapping. Hot keys
    arrive most often, so they are the first to move. Reason "hotspot".
-5. SLO fallback: when both candidates' estimates exceed the request's TTFT SLO, affinity is
+5. SLO fallback: when every option's estimate exceeds the request's TTFT SLO, affinity is
    dropped for this request: the instance with the lowest estimate in the pool (reason
    "slo-fallback"). The estimate still counts each instance's expected cached prefix. Decided
    here: only when that instance is expected to meet the SLO; a request no instance can serve in
    time (a long uncached prompt) stays with its candidates, because moving it would not save its
    SLO but would write its prefix where its key's later requests will not look (measured on
    Mooncake: +2-3 points of prefix hit ratio at high load).
+   Decided here (`min_reuse_ratio`): per category we keep a running mean of how much of each
+   prompt some option already holds. Where it stays under 2% (lengths-only traces, one-shot
+   prompts) affinity buys nothing, and two hashed choices balance worse than one over the whole
+   pool, so an uncached request goes to the instance with the lowest estimate (reason
+   "no-reuse"). The mean starts at 1 (affinity assumed useful until shown otherwise).
 6. Cancel-and-resend: `resend()` tells the caller whether a request still queued (no first token)
    on an instance that became a hotspot should be cancelled and re-sent to its other candidate;
    at most once per request (a bounded set of re-sent ids).
@@ -45,7 +50,7 @@ from typing import Sequence
 from pools.model import Endpoint
 from router.routing.base import InstanceView, RouteDecision, RouteRequest
 from router.routing.common import ranked
-from router.routing.estimate import TtftEstimator
+from router.routing.estimate import Estimate, TtftEstimator
 from router.routing.keylen import AdaptiveKeyLength
 from router.routing.ring import Key, RingCache
 
@@ -81,7 +86,8 @@ class DualMap:
         enable_resend: bool = True,
         work_weight: float = 1.0,
         follow_holder: bool = True,
-
+        min_reuse_ratio: float = 0.02,
+        reuse_alpha: float = 0.02,
         cache_fill_ratio: float = 1.0,
         max_tracked: int = 65536,
     ) -> None:
@@ -93,7 +99,9 @@ class DualMap:
         self.enable_resend = enable_resend
         self.work_weight = work_weight
         self.follow_holder = follow_holder
-
+        self.min_reuse_ratio = min_reuse_ratio
+        self.reuse_alpha = reuse_alpha
+        self._reuse: dict[str, float] = {}  # category -> mean share of prompts found cached
         self.estimator = TtftEstimator(cache_fill_ratio=cache_fill_ratio)
         self.keys = AdaptiveKeyLength(max_keys=max_tracked) if adaptive_keys else None
         self.max_tracked = max_tracked
@@ -133,6 +141,17 @@ class DualMap:
         if len(self._steered) > self.max_tracked:
             self._steered.popitem(last=False)
 
+    def _score(self, request: RouteRequest, view: InstanceView, est: Estimate) -> float:
+        """Estimated TTFT plus `work_weight` x the prefill time our uncached tokens add there."""
+        return est.ttft_s + self.work_weight * (request.prompt_tokens - est.cached_tokens) / view.profile.prefill_tokens_per_s
+
+    def _observe_reuse(self, category: str, reuse_ratio: float) -> float:
+        """Running mean of the share of prompts found cached on some candidate, per category."""
+        mean = self._reuse.get(category, 1.0)
+        mean += self.reuse_alpha * (reuse_ratio - mean)
+        self._reuse[category] = mean
+        return mean
+
     def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
         views = {v.name: v for v in instances}
         key = self._key(request, len(instances))
@@ -140,41 +159,46 @@ class DualMap:
         pair = self._rings.get([v.endpoint for v in instances]).pair(key)
         c1, c2 = views[pair[0]], views[pair[1]]
         estimate = self.estimator.estimate
-        est1, est2 = estimate(request, c1), estimate(request, c2)
-        e1, e2 = est1.ttft_s, est2.ttft_s
-        slo = request.ttft_slo_s
-        score1 = e1 + self.work_weight * (request.prompt_tokens - est1.cached_tokens) / c1.profile.prefill_tokens_per_s
-        score2 = e2 + self.work_weight * (request.prompt_tokens - est2.cached_tokens) / c2.profile.prefill_tokens_per_s
-        chosen, other, e_chosen, e_other = (c1, c2, e1, e2) if score1 <= score2 else (c2, c1, e2, e1)
-        reason = "affinity-c1" if chosen is c1 else "affinity-c2"
+        options = [(self._score(request, v, est), est, v, label) for v, label in ((c1, "affinity-c1"), (c2, "affinity-c2")) for est in (estimate(request, v),)]
+        if c1 is c2:
+            options.pop()
         if self.follow_holder and request.prefix_hashes:
-            holder_name, blocks = self.estimator.index.longest_match(request.prefix_hashes, views)
-            if holder_name is not None and holder_name not in pair:
-                holder = views[holder_name]
-                est_h = estimate(request, holder)
-                score_h = est_h.ttft_s + self.work_weight * (request.prompt_tokens - est_h.cached_tokens) / holder.profile.prefill_tokens_per_s
-                if score_h < min(score1, score2):
-                    chosen, other, e_chosen, e_other = holder, chosen, est_h.ttft_s, e_chosen
-                    reason = "holder"
+            holder, _ = self.estimator.index.longest_match(request.prefix_hashes, views)
+            if holder is not None and holder not in pair:
+                est = estimate(request, views[holder])
+                options.append((self._score(request, views[holder], est), est, views[holder], "holder"))
+        options.sort(key=lambda option: option[0])  # stable: a tie keeps c1 first
+        _, est_chosen, chosen, reason = options[0]
+        other = options[1][2] if len(options) > 1 else chosen
+        e_chosen = est_chosen.ttft_s
+        slo = request.ttft_slo_s
+        cached = max(option[1].cached_tokens for option in options)
+        reuse = self._observe_reuse(request.category, cached / max(1, request.prompt_tokens))
         if c1 is not c2:
             hot = self._hot_threshold(instances)
             target = self._steer_target(key, pair, now_s)
             if target is not None and views[target].load <= hot:
                 if target != chosen.name:
-                    chosen, other, e_chosen, e_other = other, chosen, e_other, e_chosen
+                    chosen, other = views[target], chosen
                 reason = "hotspot"
-            elif chosen.load > hot and other.load <= hot and (slo is None or e_other <= slo):
-                chosen, other, e_chosen, e_other = other, chosen, e_other, e_chosen
+            elif chosen.load > hot and other.load <= hot and (slo is None or estimate(request, other).ttft_s <= slo):
+                chosen, other = other, chosen
                 self._steer(key, chosen.name, now_s)
                 reason = "hotspot"
-        others = [v for v in instances if v is not c1 and v is not c2]
+            if reason == "hotspot":
+                e_chosen = estimate(request, chosen).ttft_s
+        others = [v for v in instances if v is not chosen and v is not other]
         rest = list(zip(self.estimator.ttft_all(request, others), (v.name for v in others), others))
-        if slo is not None and e1 > slo and e2 > slo and rest:
+        no_reuse = reuse < self.min_reuse_ratio and cached == 0
+        over_slo = slo is not None and all(option[1].ttft_s > slo for option in options)
+        if rest and (no_reuse or over_slo):
             best_s, _, best = min(rest, key=lambda item: (item[0], item[1]))
-            if best_s <= slo:
+            label = "no-reuse" if no_reuse and best_s < e_chosen else "slo-fallback" if over_slo and best_s <= slo else None
+            if label is not None:
                 rest = [item for item in rest if item[2] is not best]
-                return RouteDecision(ranked((best, chosen, other), rest), "slo-fallback", estimated_ttft_s=best_s)
-        return RouteDecision(ranked((chosen, other) if other is not chosen else (chosen,), rest), reason, estimated_ttft_s=e_chosen)
+                return RouteDecision(ranked((best, chosen, other), rest), label, estimated_ttft_s=best_s)
+        ordered = (chosen, other) if other is not chosen else (chosen,)
+        return RouteDecision(ranked(ordered, rest), reason, estimated_ttft_s=e_chosen)
 
     def _remember_key(self, request_id: str, key: Key) -> None:
         self._keys_of[request_id] = key

@@ -236,3 +236,31 @@ def test_a_prefix_displaced_outside_the_pair_is_followed(follow_holder, expect_h
     decision = router.route(request(prefix + "second question", "r2"), views, 1.0)
     assert (decision.chosen.name == outsider.name) is expect_holder
     assert (decision.reason == "holder") is expect_holder
+
+
+def test_without_prefix_reuse_requests_go_to_the_lowest_estimate_in_the_pool():
+    router = DualMap(reuse_alpha=0.2)
+    views = pool(8)
+    for k in range(40):  # one-shot prompts: nothing is ever found cached
+        router.route(request(f"unique prompt {k} " * 40, f"w{k}"), views, 0.0)
+    req = request("yet another unique prompt " * 40, "r")
+    c1, c2 = pair_of(DualMap(), req, pool(8))
+    busy = {name: {"local_queued_prefill_tokens": 20000, "local_inflight": 2} for name in [v.name for v in views] if name != "i5"}
+    decision = router.route(req, pool(8, **busy), 1.0)
+    assert decision.chosen.name == "i5"
+    assert decision.reason == ("no-reuse" if "i5" not in (c1, c2) else f"affinity-c{(c1, c2).index('i5') + 1}")
+
+
+def test_prefix_reuse_keeps_affinity_over_a_less_loaded_outsider():
+    router = DualMap(reuse_alpha=0.2)
+    prefix = "tenant system prompt " * 200
+    views = pool(8)
+    for k in range(40):  # every prompt shares the prefix: reuse is high
+        req = request(prefix + f"question {k}", f"w{k}")
+        decision = router.route(req, views, 0.0)
+        router.on_dispatch(req, decision.chosen, 0.0)
+        router.on_first_token(req, decision.chosen, 0.0)
+    req = request(prefix + "one more question", "r")
+    holders = {n for n in (v.name for v in views) if router.estimator.cached_tokens(req, n) > 0}
+    busy = {name: {"local_queued_prefill_tokens": 2000, "local_inflight": 1} for name in holders}
+    assert router.route(req, pool(8, **busy), 1.0).chosen.name in holders
