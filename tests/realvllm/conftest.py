@@ -45,3 +45,24 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_gateway_url(real_vllm: VllmFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway on a local Ray Serve (one replica: two cores also run both vLLM instances) in front of
+    both real instances, DualMap routing, from a fleet file that states their real context limit."""
+    from pools.config import FleetConfig, InstanceConfig, PoolConfig, dump_fleet
+    from router.serve import start_local, stop_local
+
+    fleet_file = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
+    fleet_file.write_text(dump_fleet(FleetConfig(pools=[PoolConfig(
+        name="real", model=MODEL, gpu="l4", max_context_tokens=MAX_MODEL_LEN,
+        instances=[InstanceConfig(url=url) for url in real_vllm.urls],
+    )])))
+    port = free_port()
+    start_local({"fleet": str(fleet_file), "router": "dualmap", "probe_interval_s": 0.2, "num_replicas": 1},
+                port=port, num_cpus=2)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_local()
