@@ -56,6 +56,7 @@ class VllmSettings:
     max_model_len: int = DEFAULT_MAX_MODEL_LEN
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE: 1 GiB holds far more than 4096 tokens of the tiny model
     extra_args: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()  # e.g. (("VLLM_SERVER_DEV_MODE", "1"),) for /reset_prefix_cache
 
     @property
     def python(self) -> Path:
@@ -72,7 +73,8 @@ class VllmSettings:
         ]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "PYTHONUNBUFFERED": "1",
+                **dict(self.extra_env)}
 
     def check_installed(self) -> None:
         """Raise VllmNotInstalled unless the venv imports vllm (a quick subprocess)."""

@@ -12,6 +12,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from pools.emulator.server import EmulatorServer
+from pools.realcache import DEV_MODE_ENV
 from pools.realvllm import VllmFleet, VllmNotInstalled, VllmSettings, run_vllm
 from support.gateway import MODEL
 from support.servers import free_port
@@ -21,7 +22,7 @@ MAX_MODEL_LEN = 4096
 
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmFleet]:
-    settings = VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN)
+    settings = VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN, extra_env=DEV_MODE_ENV)
     try:
         settings.check_installed()
     except VllmNotInstalled as exc:
