@@ -116,7 +116,11 @@ def _replay(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         return await replay_trace(trace.requests, config, progress=sys.stderr.isatty(), stop=stop)
 
-    outcome = run_event_loop(main)
+    try:
+        outcome = run_event_loop(main)
+    except RuntimeError as error:  # the target is down or lists no model: say so, no traceback
+        print(f"fleetgate replay: {error}", file=sys.stderr)
+        return 1
     meta = {
         "label": args.label or out_dir.name, "trace": str(args.trace), "trace_format": args.trace_format,
         "target": args.target, "model": outcome.model, "rate_scale": args.rate_scale,

@@ -121,9 +121,12 @@ def request_body(request: TraceRequest, config: ReplayConfig) -> tuple[str, byte
 
 async def detect_model(session: aiohttp.ClientSession, target: str) -> str:
     """The first model the target lists at GET /v1/models."""
-    async with session.get(f"{base_url(target)}/v1/models") as response:
-        response.raise_for_status()
-        listing = orjson.loads(await response.read())
+    try:
+        async with session.get(f"{base_url(target)}/v1/models") as response:
+            response.raise_for_status()
+            listing = orjson.loads(await response.read())
+    except (aiohttp.ClientError, OSError) as error:
+        raise RuntimeError(f"cannot list models at {target}/v1/models ({error}); is the target up?") from None
     models = [entry["id"] for entry in listing.get("data", []) if "id" in entry]
     if not models:
         raise RuntimeError(f"{target} lists no models at /v1/models; pass --model")

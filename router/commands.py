@@ -22,7 +22,7 @@ def _serve_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker_urls:
         settings.update(worker_urls=args.worker_urls, model=args.model, gpu=args.gpu)
         settings.pop("fleet", None)
-    for flag in ("router", "ttft_slo_ms"):
+    for flag in ("router", "ttft_slo_ms", "policy", "redis_url"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)
     if args.replicas is not None:
@@ -92,7 +92,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     serve.add_argument("--worker-urls", nargs="+", metavar="URL", help="quick start: vLLM base URLs of one pool")
     serve.add_argument("--model", help="quick start: the model name the worker URLs serve")
     serve.add_argument("--gpu", default="h100", help="quick start: GPU profile of the workers (h100, a100, l4)")
-    serve.add_argument("--router", help="routing algorithm: dualmap (default), round-robin, least-loaded, ...")
+    serve.add_argument("--policy", help="policy YAML: workload rules -> pools, SLOs, cache (e.g. policies/default.yaml); "
+                       "hot-reloaded when the file changes")
+    serve.add_argument("--redis-url", help="keep semantic cache documents in Redis (shared by replicas), "
+                       "e.g. redis://127.0.0.1:6379/0; default: in memory")
+    serve.add_argument("--router", help="routing algorithm without a policy: dualmap (default), round-robin, ...")
     serve.add_argument("--ttft-slo-ms", type=float, help="TTFT SLO used by dualmap's fallback when no policy sets one")
     serve.add_argument("--replicas", type=int, help="gateway replicas on Ray Serve (default 1)")
     serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
