@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -67,7 +68,17 @@ def haproxy_mode(prefer: bool | None = None) -> bool:
         use = False
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if use else "0"
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if use else "0"
+    if use:  # Ray's HAProxy also serves stats (8404) and metrics (9101) on every interface; unless the
+        # operator chose ports, take free ones so two local gateways do not collide.
+        for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            os.environ.setdefault(variable, str(_free_port()))
     return use
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_local(args: dict[str, Any], *, port: int, num_cpus: int | None = None,

@@ -24,7 +24,7 @@ def serve_url(fleet: tuple[list, object]) -> Iterator[str]:
     servers, _loop = fleet
     port = free_port()
     start_local({"worker_urls": [s.url for s in servers], "model": MODEL, "router": "dualmap", "num_replicas": 2},
-                port=port, num_cpus=2)
+                port=port, num_cpus=2, haproxy=False)  # Ray's HAProxy binds stats ports on all interfaces
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
