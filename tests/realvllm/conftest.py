@@ -65,7 +65,7 @@ def real_gateway_url(real_vllm: VllmFleet, tmp_path_factory: pytest.TempPathFact
     )])))
     port = free_port()
     start_local({"fleet": str(fleet_file), "router": "dualmap", "probe_interval_s": 0.2, "num_replicas": 1},
-                port=port, num_cpus=2)
+                port=port, num_cpus=2, haproxy=False)  # Python proxy: binds loopback only
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
