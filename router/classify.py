@@ -65,7 +65,7 @@ class ClassifierConfig:
     short_max_tokens: int = 2048  # prompt tokens up to this -> short
     medium_max_tokens: int = 8192
     long_max_tokens: int = 32768  # above this -> very-long
-    topic_text_chars: int = 1000  # tail of the last user message used for topic detection
+    topic_text_chars: int = 400  # tail of the last user message used for topic detection (MiniLM: ~30 ms at 400, ~80 ms at 1000 on one core)
 
     def __post_init__(self) -> None:
         if min(self.chat_output_tokens, self.completions_output_tokens, self.agentic_output_tokens, self.topic_text_chars) <= 0:
