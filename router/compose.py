@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,6 +26,7 @@ from router.metrics import GatewayMetrics
 from router.plan import Planner
 from router.proxy import ProxyTimeouts, UpstreamClient
 from router.request import ApiKind
+from router.routing.base import Router
 from router.routing.registry import make_router
 from router.static_planner import StaticPlanner
 
@@ -60,6 +61,8 @@ class GatewaySettings(BaseModel):
     nonstream_timeout_s: float = Field(default=600.0, gt=0, description="whole answer of a non-streaming request")
     probe_interval_s: float = Field(default=0.5, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
+                                  "checked for cancel-and-resend (DualMap)")
 
     @model_validator(mode="after")
     def _one_fleet_source(self) -> "GatewaySettings":
@@ -78,7 +81,7 @@ class GatewaySettings(BaseModel):
 class Runtime:
     """The components of one gateway process and their start/stop (the app's lifespan)."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> None:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
         pools = settings.fleet_config().to_pools()
@@ -97,9 +100,10 @@ class Runtime:
             planner=planner,
             upstream=self.upstream,
             metrics=GatewayMetrics(CollectorRegistry()),
-            router_factory=make_router,
+            router_factory=router_factory,
             cache=self.policy.cache if self.policy else None,
             max_attempts=settings.max_attempts,
+            resend_check_s=settings.resend_check_s,
         )
         if self.policy is not None and self.policy.cache is not None:
             self.gateway.metrics.watch_cache(self.policy.cache)
@@ -181,7 +185,7 @@ def _document_store(redis_url: str | None) -> DocumentStore:
     return RedisDocumentStore(redis_url) if redis_url else InMemoryDocumentStore()
 
 
-def build_asgi_app(settings: GatewaySettings) -> Any:
+def build_asgi_app(settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> Any:
     """The gateway as an ASGI app (its lifespan starts and stops the runtime)."""
-    return create_app(Runtime(settings))
+    return create_app(Runtime(settings, router_factory))
 

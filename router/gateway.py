@@ -7,6 +7,8 @@ backend and, when the category allows caching, the semantic cache.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -14,11 +16,11 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
 
+from cache.replay import replay_body, replay_sse
 from pools.clock import Clock, monotonic_clock
 from pools.model import Endpoint, FleetSnapshot
 from pools.registry import FleetRegistry
 from pools.tokens import count_tokens
-from cache.replay import replay_body, replay_sse
 from router.completion_text import completion_from_body, completion_from_sse
 from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
 from router.metrics import GatewayMetrics
@@ -75,6 +77,7 @@ class Gateway:
         cache: ResponseCache | None = None,
         clock: Clock = monotonic_clock,
         max_attempts: int = 3,
+        resend_check_s: float = 0.25,
     ) -> None:
         self.registry = registry
         self.planner = planner
@@ -85,6 +88,7 @@ class Gateway:
         self._routers: dict[tuple[str, str], Router] = {}
         self.clock = clock
         self._max_attempts = max_attempts
+        self._resend_check_s = resend_check_s
         self._local = LocalLoad()
         self._pressure = PoolPressure()
 
@@ -107,8 +111,8 @@ class Gateway:
             forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
             if "authorization" in headers:
                 forward_headers["Authorization"] = headers["authorization"]
-            upstream, flight, attempts = await self._open(request, raw_body, forward_headers, route_request,
-                                                          pool, router, decision)
+            upstream, flight, route_reason = await self._open(request, raw_body, forward_headers, route_request,
+                                                              pool, router, decision)
         except BaseException:
             self._release(miss)
             raise
@@ -116,7 +120,7 @@ class Gateway:
             "x-request-id": request.request_id,
             "x-fleetgate-pool": pool,
             "x-fleetgate-instance": flight.endpoint.name,
-            "x-fleetgate-route": decision.reason if attempts == 1 else f"{decision.reason}+retry",
+            "x-fleetgate-route": route_reason,
             "x-fleetgate-rule": plan.rule,
             "x-fleetgate-cache": "miss" if miss is not None else "bypass",
         }
@@ -207,16 +211,24 @@ class Gateway:
     async def _open(
         self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
         route_request: RouteRequest, pool: str, router: Router, decision: RouteDecision,
-    ) -> tuple[UpstreamResponse, "_Flight", int]:
-        """Send to the decision's instances in order until one gives a first byte (bounded)."""
+    ) -> tuple[UpstreamResponse, "_Flight", str]:
+        """Send to the decision's instances in order until one gives a first byte (bounded), and
+        return it with the route reason. A router that offers `resend` (DualMap) may move a
+        streaming request still waiting for its first byte to its other candidate, once."""
+        candidates = list(decision.ordered[: self._max_attempts])
+        reason = decision.reason
         last_error: GatewayError | None = None
-        for attempt, endpoint in enumerate(decision.ordered[: self._max_attempts], start=1):
-            if attempt > 1:
+        attempts = 0
+        while candidates:
+            endpoint = candidates.pop(0)
+            attempts += 1
+            if attempts > 1:
                 self.metrics.retries.labels(pool).inc()
+                reason = reason if reason.endswith("+retry") else f"{reason}+retry"
             flight = _Flight(self, router, route_request, request, endpoint, pool)
             try:
-                upstream = await self.upstream.open(endpoint.url + _API_PATHS[request.api], raw_body,
-                                                    forward_headers, stream=request.stream)
+                upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request,
+                                                         pool, router, endpoint)
             except UpstreamError as error:
                 self.registry.report_failure(endpoint, str(error))
                 flight.finish(ok=False, error_kind="timeout" if error.status == 504 else "refused")
@@ -225,9 +237,43 @@ class Gateway:
             except BaseException:  # the client went away (cancellation) while we waited
                 flight.finish(ok=False, error_kind="client-gone")
                 raise
-            return upstream, flight, attempt
+            if upstream is None:
+                assert moved is not None
+                flight.finish(ok=False, error_kind="resent")
+                self.metrics.route_decisions.labels(pool, router.name, "resend").inc()
+                candidates, reason, attempts = list(moved.ordered[: self._max_attempts]), "resend", 0
+                continue
+            return upstream, flight, reason
         assert last_error is not None
         raise last_error
+
+    async def _first_byte(
+        self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
+        route_request: RouteRequest, pool: str, router: Router, endpoint: Endpoint,
+    ) -> tuple[UpstreamResponse | None, RouteDecision | None]:
+        """The instance's first byte, or (None, decision) when the router moved the request away
+        while it was still queued there (the request at `endpoint` is cancelled)."""
+        opening = self.upstream.open(endpoint.url + _API_PATHS[request.api], raw_body, forward_headers,
+                                     stream=request.stream)
+        resend = getattr(router, "resend", None)
+        if resend is None or not request.stream:  # a non-streaming first byte is the whole answer
+            return await opening, None
+        task = asyncio.ensure_future(opening)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=self._resend_check_s)
+                if done:
+                    return task.result(), None
+                snapshot = self.registry.snapshot
+                moved = resend(route_request, endpoint, self._views(snapshot, snapshot.healthy(pool)), self.clock())
+                if moved is not None and moved.chosen != endpoint:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                        await task
+                    return None, moved
+        except BaseException:
+            task.cancel()
+            raise
 
     async def _relay(self, request: InferenceRequest, upstream: UpstreamResponse, flight: "_Flight",
                      miss: CacheMiss | None) -> AsyncIterator[bytes]:

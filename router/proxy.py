@@ -107,6 +107,10 @@ class UpstreamClient:
             if response is not None:
                 response.close()
             raise UpstreamError(f"instance unreachable: {error.__class__.__name__}") from None
+        except BaseException:  # cancelled (client gone, or the request is re-sent elsewhere)
+            if response is not None:
+                response.close()
+            raise
         if response.status >= 500:
             response.close()
             raise UpstreamError(f"instance answered HTTP {response.status}")

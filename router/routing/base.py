@@ -9,6 +9,10 @@ first and falls back to the next ones before the first byte.
 Routers keep only replica-local state (ring layouts, an approximate prefix tree, counters) and
 are told what happened through `on_dispatch` / `on_first_token` / `on_finish`; two replicas never
 talk. The same router objects drive the gateway and the discrete-event simulator.
+
+A router may also offer `resend(request, current, instances, now_s) -> RouteDecision | None`
+(DualMap does): while a streaming request still waits for its first byte at `current`, the
+gateway asks it every `resend_check_s` whether to cancel it there and send it elsewhere.
 """
 
 from __future__ import annotations

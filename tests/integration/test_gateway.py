@@ -10,6 +10,8 @@ import openai
 import orjson
 import pytest
 
+from router.routing.base import RouteDecision
+from router.routing.baselines import RoundRobin
 from support.gateway import MODEL, emulators, eventually, gateway
 
 pytestmark = pytest.mark.integration
@@ -150,3 +152,36 @@ async def test_client_disconnect_aborts_the_upstream_generation() -> None:
                 else:
                     request.cancel()
             await eventually(lambda: engine_server.stats().running == 0, what=f"abort (stream={stream})")
+
+
+class ResendOnce(RoundRobin):
+    """Round-robin that, like DualMap's hotspot rule, moves a still-queued request to the other
+    instance once (the rule itself is unit-tested with DualMap; here the gateway's side is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def resend(self, request, current, instances, now_s):  # noqa: ANN001, ANN201
+        self.asked.append(current.name)
+        if len(self.asked) > 1:
+            return None
+        other = next(v for v in instances if v.name != current.name)
+        return RouteDecision((other.endpoint,), "resend")
+
+
+async def test_a_queued_stream_is_cancelled_and_resent_to_the_other_candidate() -> None:
+    router = ResendOnce()
+    long_prompt = [{"role": "user", "content": "lorem ipsum " * 6000}]  # ~18k tokens: ~0.6 s of H100 prefill
+    async with emulators(2, time_scale=1.0) as servers, gateway(
+            [s.url for s in servers], router_factory=lambda _name, **_: router, resend_check_s=0.05,
+            probe_interval_s=30) as url:
+        raw = await client(url).chat.completions.with_raw_response.create(
+            model=MODEL, messages=long_prompt, max_tokens=3, stream=True)
+        assert raw.headers["x-fleetgate-instance"] == "default-1" and raw.headers["x-fleetgate-route"] == "resend"
+        assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+        assert router.asked[0] == "default-0" and set(router.asked[1:]) == {"default-1"}  # asked again there, said no
+        first = servers[0].stats()
+        assert first.running + first.waiting == 0 and first.generation_tokens_total == 0, \
+            "the copy at the first instance was cancelled before its first token"
+        assert servers[1].stats().generation_tokens_total == 3

@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Callable
 
 from pools.emulator.server import EmulatorServer
 from router.compose import GatewaySettings, build_asgi_app
+from router.routing.registry import make_router
 from support.servers import serve_asgi
 
 MODEL = "tiny-llama"
@@ -27,11 +28,11 @@ async def emulators(count: int, *, time_scale: float = 0.02, **options: Any) -> 
 
 
 @contextlib.asynccontextmanager
-async def gateway(urls: list[str], **settings: Any) -> AsyncIterator[str]:
+async def gateway(urls: list[str], router_factory: Callable[..., Any] = make_router, **settings: Any) -> AsyncIterator[str]:
     """The bare ASGI gateway (uvicorn, this loop) in front of `urls`; yields its base URL."""
     defaults: dict[str, Any] = {"worker_urls": urls, "model": MODEL, "router": "round-robin",
                                 "probe_interval_s": 0.2}
-    app = build_asgi_app(GatewaySettings(**{**defaults, **settings}))
+    app = build_asgi_app(GatewaySettings(**{**defaults, **settings}), router_factory)
     async with serve_asgi(app) as url:
         yield url
 
