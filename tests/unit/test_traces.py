@@ -26,7 +26,13 @@ MOONCAKE = TRACES / "mooncake" / "synthetic_trace.jsonl"
 AZURE = TRACES / "azure_2023" / "AzureLLMInferenceTrace_conv.csv"
 AGENTS = TRACES / "agent_sessions"
 AIBRIX = TRACES / "aibrix" / "8min_up_and_down.jsonl"
-needs_traces = pytest.mark.skipif(not MOONCAKE.exists(), reason="shared traces not present")
+
+
+@pytest.fixture
+def shared_traces() -> Path:
+    """The real traces these readers are proven on: missing ones fail the test, never skip it."""
+    assert MOONCAKE.exists(), f"the shared traces are not at {TRACES} (the checkout needs ../shared beside it)"
+    return TRACES
 
 
 def _assert_well_formed(result: TraceResult) -> None:
@@ -48,7 +54,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 # --- real rows ----------------------------------------------------------------------------------
 
 
-@needs_traces
+@pytest.mark.usefixtures("shared_traces")
 def test_mooncake_real_rows_share_blocks_byte_for_byte() -> None:
     result = read_trace(MOONCAKE, "mooncake", limit=50)
     _assert_well_formed(result)
@@ -77,7 +83,7 @@ def test_mooncake_real_rows_share_blocks_byte_for_byte() -> None:
         assert pa[: shared + block_chars] != pb[: shared + block_chars]
 
 
-@needs_traces
+@pytest.mark.usefixtures("shared_traces")
 def test_mooncake_block_text_is_deterministic_across_reads() -> None:
     first = read_trace(MOONCAKE, "mooncake", limit=3).requests
     again = read_trace(MOONCAKE, "mooncake", limit=3).requests
@@ -85,7 +91,7 @@ def test_mooncake_block_text_is_deterministic_across_reads() -> None:
     assert first[0].prompt.isascii()
 
 
-@needs_traces
+@pytest.mark.usefixtures("shared_traces")
 def test_azure_2023_real_rows() -> None:
     result = read_trace(AZURE, "azure", limit=100)
     _assert_well_formed(result)
@@ -98,7 +104,7 @@ def test_azure_2023_real_rows() -> None:
     assert first[0].prompt[:64] != first[1].prompt[:64]  # lengths-only: no false prefix sharing
 
 
-@needs_traces
+@pytest.mark.usefixtures("shared_traces")
 def test_agent_sessions_sorted_by_timestamp_in_microseconds() -> None:
     result = read_trace(AGENTS, "openai-jsonl")
     _assert_well_formed(result)
@@ -117,7 +123,7 @@ def test_agent_sessions_sorted_by_timestamp_in_microseconds() -> None:
     assert b.startswith(a[:1000])
 
 
-@needs_traces
+@pytest.mark.usefixtures("shared_traces")
 def test_aibrix_groups_arrive_together_and_zero_outputs_ask_for_one_token() -> None:
     result = read_trace(AIBRIX, "aibrix")
     _assert_well_formed(result)
