@@ -18,10 +18,11 @@ from typing import Callable
 
 import numpy as np
 
+from cache.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_M
+
 LIBRARIES = ("hnswlib", "usearch", "faiss")
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 128
-HNSW_EF_SEARCH = 64
+# every library is measured with the graph parameters the cache itself uses
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = DEFAULT_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH
 
 
 @dataclass(frozen=True, slots=True)
