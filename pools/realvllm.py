@@ -7,6 +7,11 @@ ours), so each instance is a child process of that environment's Python running
 up the distribution name "vllm"). Each child leads its own process group, because vLLM forks an
 engine-core process that must die with it.
 
+Once an instance is up, its engine-core and worker processes are niced (`engine_nice`): the CPU build
+keeps every core busy while it generates, and an API server that loses the CPU to them falls behind
+their output; its event loop then reads that backlog without a pause, so it sends no stream's first
+bytes and notices no client disconnect until the generation is over.
+
     with run_vllm(VllmSettings(), ports=[8301, 8302]) as fleet:
         fleet.urls   # ["http://127.0.0.1:8301", ...], every /health answering
 """
@@ -55,6 +60,7 @@ class VllmSettings:
     served_model_name: str = DEFAULT_MODEL_NAME
     max_model_len: int = DEFAULT_MAX_MODEL_LEN
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE: 1 GiB holds far more than 4096 tokens of the tiny model
+    engine_nice: int = 10  # the API server (nice 0) must win the CPU from its own engine (module docstring)
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()  # e.g. (("VLLM_SERVER_DEV_MODE", "1"),) for /reset_prefix_cache
 
@@ -151,6 +157,28 @@ def wait_ready(fleet: VllmFleet, timeout_s: float = READY_TIMEOUT_S,
             time.sleep(0.5)
 
 
+def lower_engine_priority(fleet: VllmFleet, nice: int) -> None:
+    """Renice every thread of each instance's engine-core and worker processes (the rest of its
+    process group); threads they start later inherit it. Nice is per thread on Linux."""
+    for instance in fleet.instances:
+        for pid in _process_group_members(instance.process.pid):
+            if pid == instance.process.pid:
+                continue
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
+def _process_group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid:
+                members.append(int(stat.parent.name))
+    return members
+
+
 def stop_instances(fleet: VllmFleet, timeout_s: float = 20.0) -> None:
     """SIGTERM each instance's process group (server and engine core), SIGKILL what outlives it."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
@@ -180,6 +208,7 @@ def run_vllm(settings: VllmSettings, ports: Sequence[int], *, log_dir: Path | No
         fleet = start_instances(settings, ports, log_dir)
         try:
             wait_ready(fleet, timeout_s, should_stop)
+            lower_engine_priority(fleet, settings.engine_nice)
             yield fleet
         finally:
             stop_instances(fleet)
@@ -238,6 +267,7 @@ def run_vllm_pools(pools: Sequence[VllmPoolSpec], *, log_dir: Path, base: VllmSe
             fleets[pool.name] = start_instances(pool.settings(base), pool.ports, log_dir)
         for fleet in fleets.values():
             wait_ready(fleet, READY_TIMEOUT_S, should_stop)
+            lower_engine_priority(fleet, base.engine_nice)
         yield fleets
     finally:
         for fleet in fleets.values():
