@@ -171,11 +171,10 @@ def lower_engine_priority(fleet: VllmFleet, nice: int) -> None:
 
 def _process_group_members(pgid: int) -> list[int]:
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-            if int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(int(entry.name)) == pgid:
+                members.append(int(entry.name))
     return members
 
 
