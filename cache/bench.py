@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from fleetgate.cache.embed import Embedder
+from fleetgate.cache.index import VectorIndex
+from fleetgate.cache.index_bench import paraphrase_queries, synthetic_embeddings
 from tqdm import tqdm
-
-from cache.embed import Embedder
-from cache.index import VectorIndex
-from cache.index_bench import paraphrase_queries, synthetic_embeddings
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-
-from cache.embed import Embedder
-from cache.index import VectorIndex
-from cache.keys import normalise
+from fleetgate.cache.embed import Embedder
+from fleetgate.cache.index import VectorIndex
+from fleetgate.cache.keys import normalise
 
 STSB_POSITIVE_MIN = 4.0
 STSB_NEGATIVE_MAX = 2.0

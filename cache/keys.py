@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import orjson
 import xxhash
-
-from cache.index import Namespace
-from router.request import InferenceRequest
-from router.routing.prefix import render_chat
+from fleetgate.cache.index import Namespace
+from fleetgate.core.prefix import render_chat
+from fleetgate.core.request import InferenceRequest
 
 _SPACES = re.compile(r"\s+")
 

@@ -1,4 +1,4 @@
-"""The category-aware semantic cache: `router.plan.ResponseCache` over an in-process HNSW index.
+"""The category-aware semantic cache: `fleetgate.core.plan.ResponseCache` over an in-process HNSW index.
 
 A lookup is: policy gate (enabled, cacheable conditions) -> exact match (xxh3 of the normalised
 key, no embedding) -> wait for an identical in-flight miss (coalescing) -> embed (batched, off
@@ -24,15 +24,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-
-from cache.embed import AsyncBatchingEmbedder
-from cache.index import Namespace, NamespacedIndex, VectorIndex
-from cache.keys import RequestKey, request_key
-from cache.store import Answer, CacheDocument, CacheUnavailable, DocumentHead, DocumentStore, StoreEvent
-from policies.schema import CachePolicy
-from pools.clock import Clock
-from router.plan import CacheBypass, CacheHit, CacheLookup, CacheMiss, RoutePlan
-from router.request import InferenceRequest
+from fleetgate.cache.embed import AsyncBatchingEmbedder
+from fleetgate.cache.index import Namespace, NamespacedIndex, VectorIndex
+from fleetgate.cache.keys import RequestKey, request_key
+from fleetgate.cache.policy import CachePolicy
+from fleetgate.cache.store import (
+    Answer,
+    CacheDocument,
+    CacheUnavailable,
+    DocumentHead,
+    DocumentStore,
+    StoreEvent,
+)
+from fleetgate.core.clock import Clock
+from fleetgate.core.plan import CacheBypass, CacheHit, CacheLookup, CacheMiss, RoutePlan
+from fleetgate.core.request import InferenceRequest
 
 log = logging.getLogger("fleetgate.cache")
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Literal, Protocol
 
 import numpy as np
+from fleetgate.cache.index import Namespace
+from fleetgate.core.clock import Clock, monotonic_clock
 from pydantic import BaseModel, ConfigDict
-
-from cache.index import Namespace
-from pools.clock import Clock, monotonic_clock
 
 log = logging.getLogger("fleetgate.cache")
 

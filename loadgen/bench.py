@@ -14,9 +14,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-from loadgen.replay import ReplayConfig, Replayer, make_session, run_event_loop, schedule
-from loadgen.report import percentile
-from loadgen.traces import TraceRequest
+from fleetgate.loadgen.replay import (
+    ReplayConfig,
+    Replayer,
+    make_session,
+    run_event_loop,
+    schedule,
+)
+from fleetgate.loadgen.report import percentile
+from fleetgate.loadgen.traces import TraceRequest
 
 TARGET_RATE_PER_S = 500.0
 MAX_SEND_LAG_MS = 10.0
@@ -46,7 +52,7 @@ class BenchRun:
 def start_server(chunks: int, delay_s: float = 0.0) -> tuple[subprocess.Popen, str]:
     """loadgen/fastsse.py in a child process; returns it and its base URL once it listens."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "loadgen.fastsse", "--chunks", str(chunks), "--delay-s", str(delay_s)],
+        [sys.executable, "-m", "fleetgate.loadgen.fastsse", "--chunks", str(chunks), "--delay-s", str(delay_s)],
         stdout=subprocess.PIPE,
         text=True,
     )

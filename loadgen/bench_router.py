@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from pools.model import Endpoint
-from pools.profiles import get_profile
-from pools.tokens import CHARS_PER_TOKEN
-from router.routing.base import InstanceView, RouteRequest
-from router.routing.prefix import prefix_hashes
-from router.routing.registry import ROUTER_NAMES, make_router
-from router.routing.ring import DualRing, membership_of, remap_fraction
+from fleetgate.core.prefix import prefix_hashes
+from fleetgate.core.tokens import CHARS_PER_TOKEN
+from fleetgate.pools.model import Endpoint
+from fleetgate.pools.profiles import get_profile
+from fleetgate.router.routing.base import InstanceView, RouteRequest
+from fleetgate.router.routing.registry import ROUTER_NAMES, make_router
+from fleetgate.router.routing.ring import DualRing, membership_of, remap_fraction
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 It answers every completion with a canned stream (a few token chunks, a usage chunk, [DONE])
 written at once from a bare asyncio Protocol: no framework, no per-request allocation beyond the
 parse, so one process serves far more requests/s than the client under test can send.
-Run as `python -m loadgen.fastsse [--chunks N] [--delay-s S]`; it prints `PORT <n>` once listening.
+Run as `python -m fleetgate.loadgen.fastsse [--chunks N] [--delay-s S]`; it prints `PORT <n>` once listening.
 `--delay-s` holds every answer back (without blocking others): a slow target for open-loop tests.
 """
 
@@ -96,7 +96,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--delay-s", type=float, default=0.0)
-    from loadgen.replay import run_event_loop
+    from fleetgate.loadgen.replay import run_event_loop
 
     args = parser.parse_args()
     run_event_loop(lambda: _main(args.chunks, args.delay_s))

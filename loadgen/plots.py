@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadgen.replay import RequestResult
+from fleetgate.loadgen.replay import RequestResult
 
 MAX_BINS = 60
 

@@ -15,9 +15,8 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 import aiohttp
 import orjson
-
-from loadgen.traces import TraceRequest
-from pools.clock import Clock, monotonic_clock
+from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.loadgen.traces import TraceRequest
 
 log = logging.getLogger("fleetgate.loadgen")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from loadgen.replay import RequestResult
+from fleetgate.loadgen.replay import RequestResult
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -151,7 +151,7 @@ def write_run(
     write_results(out_dir, results)
     document = {"run": meta, **summarize(results, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)}
     if plots:
-        from loadgen.plots import plot_run
+        from fleetgate.loadgen.plots import plot_run
 
         document["plots"] = [p.name for p in plot_run(out_dir, results, document)]
     (out_dir / SUMMARY_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -1,7 +1,7 @@
 """Discrete-event simulator: the real router objects against emulated vLLM engines, in virtual time.
 
 One run replays a trace (arrivals compressed by `rate_scale`) through one router over `instances`
-engines (pools.emulator.engine.Engine). Events sit in a heap: arrivals, the end of each engine's
+engines (fleetgate.pools.emulator.engine.Engine). Events sit in a heap: arrivals, the end of each engine's
 current step, and metric scrapes. As in the gateway, the router sees each instance through an
 `InstanceView`: vLLM's waiting/running/kv-usage as last scraped (every `scrape_interval_s`,
 so it is up to half a second stale) plus this router's exact local in-flight counts; it is told
@@ -23,14 +23,20 @@ from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from loadgen.traces import TraceRequest
-from pools.emulator.engine import Engine, EngineRequest, EngineStats, RequestStats, StepOutput
-from pools.model import Endpoint
-from pools.profiles import GpuProfile, get_profile
-from pools.tokens import KV_BLOCK_TOKENS, count_tokens, kv_block_hashes
-from router.routing.base import InstanceView, RouteRequest, Router
-from router.routing.prefix import prefix_hashes, render_chat
-from router.routing.registry import make_router
+from fleetgate.core.prefix import prefix_hashes, render_chat
+from fleetgate.core.tokens import KV_BLOCK_TOKENS, count_tokens, kv_block_hashes
+from fleetgate.loadgen.traces import TraceRequest
+from fleetgate.pools.emulator.engine import (
+    Engine,
+    EngineRequest,
+    EngineStats,
+    RequestStats,
+    StepOutput,
+)
+from fleetgate.pools.model import Endpoint
+from fleetgate.pools.profiles import GpuProfile, get_profile
+from fleetgate.router.routing.base import InstanceView, Router, RouteRequest
+from fleetgate.router.routing.registry import make_router
 
 log = logging.getLogger("fleetgate.loadgen.simulate")
 

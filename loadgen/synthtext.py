@@ -1,6 +1,6 @@
 """Deterministic filler text for traces that carry lengths or hash ids instead of prompts.
 
-Text is made of 4-character words ("bak "), one word per stand-in token (pools/tokens.py counts
+Text is made of 4-character words ("bak "), one word per stand-in token (core/tokens.py counts
 4 chars per token), picked by the bytes of a SHAKE-128 stream keyed by a string. The same key
 always gives the same text, on every machine and Python version; different keys share no prefix
 beyond chance, so synthesized prompts never fake prefix reuse. Words are pronounceable so a real
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 
-from pools.tokens import CHARS_PER_TOKEN
+from fleetgate.core.tokens import CHARS_PER_TOKEN
 
 _CONSONANTS = "bdfghklmnprstvwz"
 _VOWELS = "aeio"

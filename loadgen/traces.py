@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from loadgen.synthtext import BlockTexts, filler_text
-from pools.tokens import count_tokens
+from fleetgate.core.tokens import count_tokens
+from fleetgate.loadgen.synthtext import BlockTexts, filler_text
 
 FORMATS = ("mooncake", "azure", "burstgpt", "openai-jsonl", "aibrix", "synthetic")
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}

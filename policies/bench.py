@@ -11,11 +11,14 @@ import statistics
 import time
 from pathlib import Path
 
+from fleetgate.core.request import InferenceRequest
+from fleetgate.policies.classify import (
+    TopicCategory,
+    TopicClassifier,
+    WorkloadClassifier,
+)
+from fleetgate.policies.load import load_policy
 from tqdm import tqdm
-
-from policies.load import load_policy
-from router.classify import TopicCategory, TopicClassifier, WorkloadClassifier
-from router.request import InferenceRequest
 
 SYSTEM_PROMPT = "You are a careful assistant. Answer precisely and cite the relevant section. " * 20
 TOOLS = tuple(
@@ -87,7 +90,7 @@ def run_classify_bench(policy_path: Path, *, requests: int, runs: int, embedding
 
 
 def _embedding_cost(categories: list, mix: list[InferenceRequest], count: int) -> list[str]:
-    from cache.embed import SentenceTransformerEmbedder
+    from fleetgate.cache.embed import SentenceTransformerEmbedder
 
     start = time.perf_counter()
     embedder = SentenceTransformerEmbedder()

@@ -22,10 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Mapping
 
-from policies.schema import CACHE_FROM_CATEGORY, CACHE_OFF, Policy, RouterSpec, Rule
-from pools.model import Pool
-from router.classify import CONTEXT_CLASSES, SHAPES, ClassifierConfig
-from router.routing.registry import ROUTER_NAMES, make_router
+from fleetgate.core.profile import CONTEXT_CLASSES, SHAPES
+from fleetgate.policies.classify import ClassifierConfig
+from fleetgate.policies.schema import (
+    CACHE_FROM_CATEGORY,
+    CACHE_OFF,
+    Policy,
+    RouterSpec,
+    Rule,
+)
+from fleetgate.pools.model import Pool
+from fleetgate.router.routing.registry import ROUTER_NAMES, make_router
 
 Severity = Literal["error", "warning"]
 UNBOUNDED_TOKENS = 10**12

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
+from fleetgate.core.yamlconf import ConfigError, yaml_path
+from fleetgate.policies.conflicts import Finding, check_policy, errors
+from fleetgate.policies.schema import Policy
+from fleetgate.pools.config import FleetConfig, load_fleet
+from fleetgate.pools.model import Pool
 from pydantic import ValidationError
-
-from policies.conflicts import Finding, check_policy, errors
-from policies.schema import Policy
-from pools.config import FleetConfig, load_fleet
-from pools.model import Pool
-from pools.yamlconf import ConfigError, yaml_path
 
 
 @dataclass(frozen=True, slots=True)

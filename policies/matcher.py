@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from policies.schema import Match
-from router.classify import WorkloadProfile
+from fleetgate.core.profile import WorkloadProfile
+from fleetgate.policies.schema import Match
 
 
 def _frozen(values: list[str] | None) -> frozenset[str] | None:

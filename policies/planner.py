@@ -13,15 +13,27 @@ from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from cache.embed import AsyncBatchingEmbedder, Embedder
-from policies.load import LoadedPolicy
-from policies.matcher import CompiledMatch
-from policies.schema import CACHE_FROM_CATEGORY, CACHE_OFF, CachePolicy, Category, Policy, RouterSpec
-from pools.model import Pool
-from router.classify import TopicCategory, TopicClassifier, WorkloadClassifier, WorkloadProfile
-from router.errors import ModelNotFoundError
-from router.plan import RoutePlan
-from router.request import InferenceRequest
+from fleetgate.cache.embed import AsyncBatchingEmbedder, Embedder
+from fleetgate.cache.policy import CachePolicy
+from fleetgate.core.errors import ModelNotFoundError
+from fleetgate.core.plan import RoutePlan
+from fleetgate.core.profile import WorkloadProfile
+from fleetgate.core.request import InferenceRequest
+from fleetgate.policies.classify import (
+    TopicCategory,
+    TopicClassifier,
+    WorkloadClassifier,
+)
+from fleetgate.policies.load import LoadedPolicy
+from fleetgate.policies.matcher import CompiledMatch
+from fleetgate.policies.schema import (
+    CACHE_FROM_CATEGORY,
+    CACHE_OFF,
+    Category,
+    Policy,
+    RouterSpec,
+)
+from fleetgate.pools.model import Pool
 
 log = logging.getLogger("fleetgate.policies")
 
@@ -165,7 +177,7 @@ class CompiledPolicy:
 
     @property
     def cache_policies(self) -> Mapping[str, CachePolicy]:
-        """Category name -> its cache policy: what cache.semantic.SemanticCache is built with."""
+        """Category name -> its cache policy: what fleetgate.cache.semantic.SemanticCache is built with."""
         return MappingProxyType({name: c.cache for name, c in self.categories.items()})
 
     def cache_policy(self, name: str) -> CachePolicy | None:
@@ -232,7 +244,7 @@ class CompiledPolicy:
 
 
 class PolicyPlanner:
-    """router.plan.Planner over a YAML policy, hot-swappable (see policies/reload.py)."""
+    """fleetgate.core.plan.Planner over a YAML policy, hot-swappable (see policies/reload.py)."""
 
     def __init__(self, compiled: CompiledPolicy, embedder: AsyncBatchingEmbedder | None = None) -> None:
         self._compiled = compiled

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cache.embed import AsyncBatchingEmbedder, Embedder
-from policies.conflicts import Finding, errors
-from policies.load import check_file, config_error
-from policies.planner import CompiledPolicy, PolicyPlanner
-from pools.clock import Clock, monotonic_clock
-from pools.model import Pool
+from fleetgate.cache.embed import AsyncBatchingEmbedder, Embedder
+from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.policies.conflicts import Finding, errors
+from fleetgate.policies.load import check_file, config_error
+from fleetgate.policies.planner import CompiledPolicy, PolicyPlanner
+from fleetgate.pools.model import Pool
 
 log = logging.getLogger("fleetgate.policies")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+from fleetgate.cache.policy import CachePolicy
+from fleetgate.core.profile import ContextClass, WorkloadShape
+from fleetgate.policies.classify import ClassifierConfig
+from fleetgate.pools.config import PoolConfig
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-
-from pools.config import PoolConfig
-from router.classify import ClassifierConfig, ContextClass, WorkloadShape
 
 POLICY_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -33,41 +34,6 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CacheableConditions(_Strict):
-    """Which requests of a category may be answered from (and stored in) the semantic cache."""
-
-    max_temperature: float | None = Field(default=0.7, ge=0)  # None: any temperature
-    tools: bool = False  # requests declaring tools are usually not safe to replay
-    max_n: int = Field(default=1, ge=1)
-
-
-class AdaptiveBounds(_Strict):
-    """How far the cache may relax when the target pool is over its SLO (load-adaptive policy)."""
-
-    min_threshold: float = Field(gt=0, le=1)  # the similarity threshold never drops below this
-    max_ttl_s: float = Field(gt=0)  # TTLs never grow beyond this
-
-
-class CachePolicy(_Strict):
-    """Semantic-cache behaviour of one category (namespaced per tenant, model and category)."""
-
-    enabled: bool = False
-    threshold: float = Field(default=0.9, gt=0, le=1)  # cosine similarity needed for a hit
-    ttl_s: float = Field(default=3600.0, gt=0)
-    max_entries: int = Field(default=10_000, ge=1)  # per namespace; the oldest entries go first
-    cacheable: CacheableConditions = CacheableConditions()
-    adaptive: AdaptiveBounds | None = None  # None: thresholds and TTLs never move
-
-    @model_validator(mode="after")
-    def _bounds_contain_the_base(self) -> "CachePolicy":
-        if self.adaptive is not None:
-            if self.adaptive.min_threshold > self.threshold:
-                raise ValueError("adaptive.min_threshold must not exceed threshold (relaxing only lowers it)")
-            if self.adaptive.max_ttl_s < self.ttl_s:
-                raise ValueError("adaptive.max_ttl_s must not be below ttl_s (relaxing only lengthens it)")
-        return self
 
 
 class Category(_Strict):

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.embed import Embedder
-from policies.schema import Policy
-from router.classify import TopicCategory, TopicClassifier, TopicMatch
+from fleetgate.cache.embed import Embedder
+from fleetgate.policies.classify import TopicCategory, TopicClassifier, TopicMatch
+from fleetgate.policies.schema import Policy
 
 OTHER_LABEL = "other"
 

@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import yaml
-
+from fleetgate.core.yamlconf import load_yaml, parse_yaml
+from fleetgate.pools.model import Endpoint, Pool
+from fleetgate.pools.profiles import PROFILES, get_profile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from pools.model import Endpoint, Pool
-from pools.profiles import PROFILES, get_profile
-from pools.yamlconf import load_yaml, parse_yaml
 
 
 class InstanceConfig(BaseModel):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from pools.profiles import GpuProfile, get_profile
+from fleetgate.pools.profiles import GpuProfile, get_profile
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
-    from pools.config import FleetConfig
+    from fleetgate.pools.config import FleetConfig
 
 log = logging.getLogger("fleetgate.realvllm")
 

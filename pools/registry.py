@@ -17,10 +17,9 @@ from types import MappingProxyType
 from typing import Mapping
 
 import aiohttp
-
-from pools.clock import Clock, monotonic_clock
-from pools.model import Endpoint, EndpointState, FleetSnapshot, Pool
-from pools.scrape import parse_vllm_metrics
+from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.pools.model import Endpoint, EndpointState, FleetSnapshot, Pool
+from fleetgate.pools.scrape import parse_vllm_metrics
 
 log = logging.getLogger("fleetgate.pools")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-
-from router.request import ApiKind
+from fleetgate.core.request import ApiKind
 
 
 def _choice_text(api: ApiKind, choice: dict[str, Any], streamed: bool) -> str:

@@ -15,21 +15,32 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
-
-from cache.replay import replay_body, replay_sse
-from pools.clock import Clock, monotonic_clock
-from pools.model import Endpoint, FleetSnapshot
-from pools.registry import FleetRegistry
-from pools.tokens import count_tokens
-from router.completion_text import completion_from_body, completion_from_sse
-from router.errors import GatewayError, NoHealthyInstanceError, UpstreamError
-from router.metrics import GatewayMetrics
-from router.plan import CacheHit, CacheMiss, Planner, ResponseCache, RoutePlan, plan_summary
-from router.pressure import PoolPressure
-from router.proxy import UpstreamClient, UpstreamResponse
-from router.request import InferenceRequest
-from router.routing.base import InstanceView, RouteDecision, RouteRequest, Router
-from router.routing.prefix import prefix_hashes, render_chat
+from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.errors import GatewayError, NoHealthyInstanceError, UpstreamError
+from fleetgate.core.plan import (
+    CacheHit,
+    CacheMiss,
+    Planner,
+    ResponseCache,
+    RoutePlan,
+    plan_summary,
+)
+from fleetgate.core.prefix import prefix_hashes, render_chat
+from fleetgate.core.request import InferenceRequest
+from fleetgate.core.tokens import count_tokens
+from fleetgate.pools.model import Endpoint, FleetSnapshot
+from fleetgate.pools.registry import FleetRegistry
+from fleetgate.router.cache_replay import replay_body, replay_sse
+from fleetgate.router.completion_text import completion_from_body, completion_from_sse
+from fleetgate.router.metrics import GatewayMetrics
+from fleetgate.router.pressure import PoolPressure
+from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
+from fleetgate.router.routing.base import (
+    InstanceView,
+    RouteDecision,
+    Router,
+    RouteRequest,
+)
 
 log = logging.getLogger("fleetgate.gateway")
 

@@ -10,9 +10,8 @@ from typing import Any, Mapping
 
 import orjson
 import xxhash
-
-from router.errors import InvalidRequestError
-from router.request import ApiKind, InferenceRequest
+from fleetgate.core.errors import InvalidRequestError
+from fleetgate.core.request import ApiKind, InferenceRequest
 
 
 def _require(condition: bool, message: str, param: str) -> None:

@@ -59,7 +59,7 @@ class GatewayMetrics:
 
 
 class CacheCounters(Protocol):
-    """What the cache exposes for metrics (cache.semantic.SemanticCache)."""
+    """What the cache exposes for metrics (fleetgate.cache.semantic.SemanticCache)."""
 
     @property
     def stats(self) -> Any: ...

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
 import aiohttp
-
-from router.errors import UpstreamError, UpstreamTimeoutError
+from fleetgate.core.errors import UpstreamError, UpstreamTimeoutError
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, when run as a script
-
-from pools.realcache import DEV_MODE_ENV, format_table, measure_router, select_slice  # noqa: E402
-from pools.realvllm import REPO, VllmNotInstalled, VllmSettings, run_vllm  # noqa: E402
+from fleetgate.loadgen.realcache import (
+    DEV_MODE_ENV,
+    format_table,
+    measure_router,
+    select_slice,
+)
+from fleetgate.pools.realvllm import REPO, VllmNotInstalled, VllmSettings, run_vllm
 
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "agent_sessions"
 

@@ -16,9 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, for any Python
-
-from pools.realvllm import READY_TIMEOUT_S, VllmNotInstalled, VllmSettings, run_vllm  # noqa: E402
+from fleetgate.pools.realvllm import (
+    READY_TIMEOUT_S,
+    VllmNotInstalled,
+    VllmSettings,
+    run_vllm,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,7 @@ async def _lag_probe(samples: list[float], period_s: float = 0.005) -> None:
 async def measure(instances: int, *, rate_rps: float, duration_s: float, gpu: str = "h100", time_scale: float = 1.0,
                   output_tokens: int = 64, prompt_tokens: int = 512, seed: int = 0) -> BenchRun:
     """One run: N in-process instances, the client in a spawned process."""
-    from pools.emulator.local import run_emulated_fleet
+    from fleetgate.pools.emulator.local import run_emulated_fleet
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

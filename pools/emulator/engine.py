@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from pools.profiles import GpuProfile
-from pools.tokens import KV_BLOCK_TOKENS
+from fleetgate.core.tokens import KV_BLOCK_TOKENS
+from fleetgate.pools.profiles import GpuProfile
 
 _B = KV_BLOCK_TOKENS
 
@@ -35,7 +35,7 @@ class EngineRequest:
     """One request as the engine sees it: token counts and prompt block identity, no text."""
 
     request_id: str
-    block_hashes: tuple[int, ...]  # pools.tokens.kv_block_hashes(prompt_text): full 16-token blocks, chained
+    block_hashes: tuple[int, ...]  # fleetgate.core.tokens.kv_block_hashes(prompt_text): full 16-token blocks, chained
     prompt_tokens: int
     max_tokens: int  # output tokens to generate (exactly this many unless aborted or over max_model_len)
     arrival_s: float

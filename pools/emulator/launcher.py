@@ -1,7 +1,7 @@
 """Emulated fleets in a child process: `fleetgate fleet up/down`, and a context manager for
 callers that cannot host aiohttp servers in their own event loop (Ray tests, sync fixtures).
 
-The child is `python -m pools.emulator.serve_fleet`; it writes a state file (pid and URLs, JSON)
+The child is `python -m fleetgate.pools.emulator.serve_fleet`; it writes a state file (pid and URLs, JSON)
 once every instance listens, which is how the parent knows the fleet is ready.
 """
 
@@ -21,9 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pools.config import load_fleet
-from pools.emulator.local import PoolSpecLike, as_spec, build_pool, specs_from_fleet
-from pools.model import Pool
+from fleetgate.pools.config import load_fleet
+from fleetgate.pools.emulator.local import (
+    PoolSpecLike,
+    as_spec,
+    build_pool,
+    specs_from_fleet,
+)
+from fleetgate.pools.model import Pool
 
 STATE_FILE = "fleet.json"
 LOG_FILE = "fleet.log"
@@ -62,7 +67,7 @@ def fleet_command(
     *, fleet_file: str | None = None, specs: Sequence[str] = (), time_scale: float = 1.0, state_file: Path | None = None
 ) -> list[str]:
     """argv of the fleet process."""
-    argv = [sys.executable, "-m", "pools.emulator.serve_fleet", "--time-scale", str(time_scale)]
+    argv = [sys.executable, "-m", "fleetgate.pools.emulator.serve_fleet", "--time-scale", str(time_scale)]
     if fleet_file:
         argv.append(fleet_file)
     for spec in specs:
@@ -146,7 +151,11 @@ def fleet_up(fleet_file: str, *, time_scale: float, state_dir: Path, timeout_s: 
     """Start the fleet file's emulator pools (and `backend: vllm` pools as real vLLM children of the
     same process) in one background process; return once all are healthy. The default wait is 60 s,
     or pools/realvllm.py's READY_TIMEOUT_S when real vLLM has to start."""
-    from pools.realvllm import READY_TIMEOUT_S, VllmSettings, vllm_pools_from_fleet
+    from fleetgate.pools.realvllm import (
+        READY_TIMEOUT_S,
+        VllmSettings,
+        vllm_pools_from_fleet,
+    )
 
     config = load_fleet(fleet_file)  # validate here, so errors reach the terminal
     vllm_pools = vllm_pools_from_fleet(config)

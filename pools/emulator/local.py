@@ -13,9 +13,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
-from pools.config import FleetConfig
-from pools.model import Endpoint, Pool
-from pools.emulator.server import EmulatorServer
+from fleetgate.pools.config import FleetConfig
+from fleetgate.pools.emulator.server import EmulatorServer
+from fleetgate.pools.model import Endpoint, Pool
 
 
 @dataclass(frozen=True, slots=True)

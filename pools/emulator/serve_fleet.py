@@ -1,7 +1,7 @@
 """A process that serves an emulated fleet until SIGTERM or Ctrl-C.
 
-    python -m pools.emulator.serve_fleet deploy/fleet.example.yaml --time-scale 0.5
-    python -m pools.emulator.serve_fleet --pool chat:llama-3.1-8b:l4:2 --state-file /tmp/fleet.json
+    python -m fleetgate.pools.emulator.serve_fleet deploy/fleet.example.yaml --time-scale 0.5
+    python -m fleetgate.pools.emulator.serve_fleet --pool chat:llama-3.1-8b:l4:2 --state-file /tmp/fleet.json
 
 `fleetgate fleet up` runs this in the background; the state file (pid and URLs, JSON) appears once
 every instance listens, which is how a parent knows the fleet is ready.
@@ -19,16 +19,20 @@ import sys
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-from pools.config import load_fleet
-from pools.emulator.launcher import FleetState
-from pools.emulator.local import EmulatedPoolSpec, run_emulated_fleet, specs_from_fleet
-from pools.realvllm import VllmPoolSpec, run_vllm_pools, vllm_pools_from_fleet
+from fleetgate.pools.config import load_fleet
+from fleetgate.pools.emulator.launcher import FleetState
+from fleetgate.pools.emulator.local import (
+    EmulatedPoolSpec,
+    run_emulated_fleet,
+    specs_from_fleet,
+)
+from fleetgate.pools.realvllm import VllmPoolSpec, run_vllm_pools, vllm_pools_from_fleet
 
 log = logging.getLogger("fleetgate.emulator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pools.emulator.serve_fleet", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fleetgate.pools.emulator.serve_fleet", description=__doc__.split("\n")[0])
     parser.add_argument("fleet_file", nargs="?", help="fleet YAML (pools with count/base_port are emulated)")
     parser.add_argument("--pool", action="append", default=[], metavar="NAME:MODEL:GPU:COUNT",
                         help="an emulated pool on free ports (repeatable)")

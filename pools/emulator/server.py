@@ -22,11 +22,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from pools.clock import Clock, monotonic_clock
-from pools.emulator.engine import Engine, EngineRequest, EngineStats, RequestStats, StepOutput
-from pools.emulator.metrics import EmulatorMetrics
-from pools.emulator.protocol import (
+from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.tokens import count_tokens, kv_block_hashes
+from fleetgate.pools.emulator.engine import (
+    Engine,
+    EngineRequest,
+    EngineStats,
+    RequestStats,
+    StepOutput,
+)
+from fleetgate.pools.emulator.metrics import EmulatorMetrics
+from fleetgate.pools.emulator.protocol import (
     DONE_EVENT,
     ApiKind,
     BadRequest,
@@ -38,9 +44,13 @@ from pools.emulator.protocol import (
     response_body,
     usage,
 )
-from pools.emulator.text import answer_seed, answer_text, natural_length, render_chat_prompt
-from pools.profiles import GpuProfile, get_profile
-from pools.tokens import count_tokens, kv_block_hashes
+from fleetgate.pools.emulator.text import (
+    answer_seed,
+    answer_text,
+    natural_length,
+    render_chat_prompt,
+)
+from fleetgate.pools.profiles import GpuProfile, get_profile
 
 log = logging.getLogger("fleetgate.emulator")
 

@@ -15,8 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 import xxhash
-
-from pools.tokens import content_text
+from fleetgate.core.tokens import content_text
 
 _WORDS = tuple(
     "the and for are but not you all any can had her was one our out day get has him his how man new now "

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from pools.model import Endpoint
-from pools.profiles import GpuProfile
+from fleetgate.pools.model import Endpoint
+from fleetgate.pools.profiles import GpuProfile
 
 
 @dataclass(frozen=True, slots=True)

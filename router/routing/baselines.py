@@ -16,10 +16,9 @@ import random
 from typing import Sequence
 
 import xxhash
-
-from router.routing.base import InstanceView, RouteDecision, RouteRequest
-from router.routing.common import NoHooks, affinity_key, decide, load_order
-from router.routing.ring import RingCache
+from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
+from fleetgate.router.routing.common import NoHooks, affinity_key, decide, load_order
+from fleetgate.router.routing.ring import RingCache
 
 
 class RoundRobin(NoHooks):

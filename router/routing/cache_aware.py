@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pools.model import Endpoint
-from router.routing.base import InstanceView, RouteDecision, RouteRequest
-from router.routing.common import NoHooks, decide, load_order
-from router.routing.prefix import ROUTING_BLOCK_CHARS
-from router.routing.prefix_index import PrefixIndex
+from fleetgate.core.prefix import ROUTING_BLOCK_CHARS
+from fleetgate.pools.model import Endpoint
+from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
+from fleetgate.router.routing.common import NoHooks, decide, load_order
+from fleetgate.router.routing.prefix_index import PrefixIndex
 
 SGLANG_MAX_TREE_CHARS = 2**24
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import heapq
 from typing import Sequence
 
-from pools.model import Endpoint
-from router.routing.base import InstanceView, RouteDecision, RouteRequest
-from router.routing.ring import Key
+from fleetgate.pools.model import Endpoint
+from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
+from fleetgate.router.routing.ring import Key
 
 
 def affinity_key(request: RouteRequest, use_session: bool = False) -> Key:

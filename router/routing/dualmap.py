@@ -47,12 +47,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-from pools.model import Endpoint
-from router.routing.base import InstanceView, RouteDecision, RouteRequest
-from router.routing.common import ranked
-from router.routing.estimate import Estimate, TtftEstimator
-from router.routing.keylen import AdaptiveKeyLength
-from router.routing.ring import Key, RingCache
+from fleetgate.pools.model import Endpoint
+from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
+from fleetgate.router.routing.common import ranked
+from fleetgate.router.routing.estimate import Estimate, TtftEstimator
+from fleetgate.router.routing.keylen import AdaptiveKeyLength
+from fleetgate.router.routing.ring import Key, RingCache
 
 
 class _BoundedSet:

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from pools.model import Endpoint
-from pools.tokens import CHARS_PER_TOKEN
-from router.routing.base import InstanceView, RouteRequest
-from router.routing.prefix import ROUTING_BLOCK_CHARS
-from router.routing.prefix_index import PrefixIndex
+from fleetgate.core.prefix import ROUTING_BLOCK_CHARS
+from fleetgate.core.tokens import CHARS_PER_TOKEN
+from fleetgate.pools.model import Endpoint
+from fleetgate.router.routing.base import InstanceView, RouteRequest
+from fleetgate.router.routing.prefix_index import PrefixIndex
 
 BLOCK_TOKENS = ROUTING_BLOCK_CHARS // CHARS_PER_TOKEN
 

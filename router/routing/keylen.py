@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from router.routing.base import RouteRequest
-from router.routing.ring import Key
+from fleetgate.router.routing.base import RouteRequest
+from fleetgate.router.routing.ring import Key
 
 
 class AdaptiveKeyLength:

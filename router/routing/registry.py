@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from router.routing.base import Router
-from router.routing.baselines import ConsistentHashBoundedLoad, LeastLoaded, PowerOfTwo, RoundRobin, SessionAffinity
-from router.routing.cache_aware import CacheAware
-from router.routing.dualmap import DualMap
+from fleetgate.router.routing.base import Router
+from fleetgate.router.routing.baselines import (
+    ConsistentHashBoundedLoad,
+    LeastLoaded,
+    PowerOfTwo,
+    RoundRobin,
+    SessionAffinity,
+)
+from fleetgate.router.routing.cache_aware import CacheAware
+from fleetgate.router.routing.dualmap import DualMap
 
 _FACTORIES: dict[str, Callable[..., Router]] = {
     "round-robin": RoundRobin,

@@ -19,8 +19,7 @@ from itertools import islice
 from typing import Iterator, Sequence
 
 import xxhash
-
-from pools.model import Endpoint
+from fleetgate.pools.model import Endpoint
 
 DEFAULT_VNODES_PER_WEIGHT = 256
 """Points per unit of weight: the owner share of an instance deviates ~1/sqrt(256) = 6% from fair."""

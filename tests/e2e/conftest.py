@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from support.gateway import MODEL, emulators
 from support.servers import free_port, in_thread
 
@@ -19,7 +18,7 @@ def fleet() -> Iterator[tuple[list, object]]:
 
 @pytest.fixture(scope="session")
 def serve_url(fleet: tuple[list, object]) -> Iterator[str]:
-    from router.serve import start_local, stop_local
+    from fleetgate.app.serve import start_local, stop_local
 
     servers, _loop = fleet
     port = free_port()

@@ -8,7 +8,6 @@ import time
 import aiohttp
 import openai
 import pytest
-
 from support.gateway import MODEL
 
 pytestmark = pytest.mark.e2e

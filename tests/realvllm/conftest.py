@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import AsyncIterator, Iterator
 
 import pytest
-
-from pools.emulator.server import EmulatorServer
-from pools.realcache import DEV_MODE_ENV
-from pools.realvllm import VllmFleet, VllmNotInstalled, VllmSettings, run_vllm
+from fleetgate.loadgen.realcache import DEV_MODE_ENV
+from fleetgate.pools.emulator.server import EmulatorServer
+from fleetgate.pools.realvllm import VllmFleet, VllmNotInstalled, VllmSettings, run_vllm
 from support.gateway import MODEL
 from support.servers import free_port
 
@@ -55,8 +54,13 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 def real_gateway_url(real_vllm: VllmFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The gateway on a local Ray Serve (one replica: two cores also run both vLLM instances) in front of
     both real instances, DualMap routing, from a fleet file that states their real context limit."""
-    from pools.config import FleetConfig, InstanceConfig, PoolConfig, dump_fleet
-    from router.serve import start_local, stop_local
+    from fleetgate.app.serve import start_local, stop_local
+    from fleetgate.pools.config import (
+        FleetConfig,
+        InstanceConfig,
+        PoolConfig,
+        dump_fleet,
+    )
 
     fleet_file = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
     fleet_file.write_text(dump_fleet(FleetConfig(pools=[PoolConfig(

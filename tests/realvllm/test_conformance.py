@@ -16,10 +16,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from fleetgate.pools.emulator.server import EmulatorServer
+from fleetgate.pools.scrape import parse_vllm_metrics
 from prometheus_client.parser import text_string_to_metric_families
-
-from pools.emulator.server import EmulatorServer
-from pools.scrape import parse_vllm_metrics
 from support.gateway import MODEL
 
 pytestmark = pytest.mark.realvllm

@@ -16,9 +16,8 @@ import aiohttp
 import openai
 import orjson
 import pytest
-
-from pools.realvllm import VllmFleet
-from pools.scrape import ScrapedLoad, parse_vllm_metrics
+from fleetgate.pools.realvllm import VllmFleet
+from fleetgate.pools.scrape import ScrapedLoad, parse_vllm_metrics
 from support.gateway import MODEL
 
 pytestmark = pytest.mark.realvllm

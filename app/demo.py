@@ -1,0 +1,162 @@
+"""`fleetgate demo`: the whole product on an emulated heterogeneous fleet, in about two minutes.
+
+Two runs over the same bundled slice of the Mooncake trace, each on a fresh fleet (so no run
+inherits the other's warm prefix caches), through the gateway on Ray Serve:
+1. `round-robin`: what a plain load balancer does, one flat pool of every instance;
+2. `fleetgate`: the built-in policy (workload classes -> pools) with DualMap routing.
+The fleet runs `time_scale` times real time; request times in the report are converted back to
+emulated seconds, so they read as they would on real GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from fleetgate.loadgen.replay import (
+    ReplayConfig,
+    RequestResult,
+    replay_trace,
+    run_event_loop,
+)
+from fleetgate.loadgen.report import format_table, write_run
+from fleetgate.loadgen.traces import read_trace
+from fleetgate.pools.config import (
+    FleetConfig,
+    InstanceConfig,
+    PoolConfig,
+    dump_fleet,
+    fleet_from_pools,
+)
+from fleetgate.pools.emulator.launcher import fleet_subprocess
+from fleetgate.pools.model import Pool
+
+MODEL = "llama-3.1-8b"
+DEMO_SERVE = {"num_replicas": 1, "graceful_shutdown_timeout_s": 1.0}  # nothing to drain between the runs
+DEMO_POOLS = (("chat-small", MODEL, "l4", 2), ("general", MODEL, "a100", 2), ("long-context", MODEL, "h100", 2))
+
+
+def flat_pool(pools: dict[str, Pool]) -> FleetConfig:
+    """Every instance in one pool, each keeping its own GPU: the round-robin baseline's view."""
+    endpoints = [e for pool in pools.values() for e in pool.endpoints]
+    return FleetConfig(pools=[PoolConfig(
+        name="all", model=MODEL, gpu=endpoints[0].gpu,
+        max_context_tokens=max(e.max_context_tokens for e in endpoints),
+        instances=[InstanceConfig(url=e.url, name=e.name, gpu=e.gpu) for e in endpoints],
+    )])
+
+
+def to_emulated_time(result: RequestResult, time_scale: float) -> RequestResult:
+    """Wall-clock measurements of a time-scaled fleet -> emulated (real-GPU) seconds."""
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else value / time_scale
+
+    return dataclasses.replace(
+        result, scheduled_s=result.scheduled_s / time_scale, sent_s=scaled(result.sent_s),
+        ttft_ms=scaled(result.ttft_ms), tpot_ms=scaled(result.tpot_ms), e2e_ms=scaled(result.e2e_ms),
+    )
+
+
+async def _wait_ready(url: str, instances: int, timeout_s: float = 120) -> None:
+    """Until the gateway answers /health with every instance healthy."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url + "/health") as response:
+                    if response.status == 200 and (await response.json())["healthy_instances"] == instances:
+                        return
+            except (aiohttp.ClientError, OSError, KeyError):
+                pass
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"the gateway at {url} did not see all {instances} instances healthy in {timeout_s:.0f}s")
+
+
+def _run_settings(label: str, fleet_file: Path, policy: str | None) -> dict[str, Any]:
+    if label == "round-robin":
+        return {"fleet": str(fleet_file), "router": "round-robin", **DEMO_SERVE}
+    return {"fleet": str(fleet_file), "policy": policy, **DEMO_SERVE}
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleetgate.app.serve import build_app, start_local, stop_local
+    from ray import serve
+
+    out_dir: Path = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trace_path = resources.files("loadgen") / "data" / "mooncake_demo.jsonl"
+    trace = read_trace(Path(str(trace_path)), "mooncake", limit=args.max_requests)
+    policy = args.policy or str(resources.files("policies") / "default.yaml")
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"Fleetgate demo: {len(trace.requests)} Mooncake requests, fleet of "
+          + ", ".join(f"{c}x {g.upper()} ({p})" for p, _, g, c in DEMO_POOLS)
+          + f", {1 / args.time_scale:.0f}x faster than real time; reports in {out_dir}/", flush=True)
+    runs: list[tuple[str, dict[str, Any]]] = []
+    started = False
+    try:
+        for label in ("round-robin", "fleetgate"):
+            with fleet_subprocess(DEMO_POOLS, time_scale=args.time_scale) as fleet:
+                pools = fleet.to_pools()
+                fleet_file = out_dir / f"{label}-fleet.yaml"
+                fleet_file.write_text(dump_fleet(flat_pool(pools) if label == "round-robin" else fleet_from_pools(pools)))
+                settings = _run_settings(label, fleet_file, policy)
+                if not started:
+                    start_local(settings, port=args.port)
+                    started = True
+                else:
+                    serve.run(build_app(settings), name="fleetgate", route_prefix="/", blocking=False)
+                asyncio.run(_wait_ready(url, len(fleet.urls)))
+                print(f"\n[{label}] gateway ready on Ray Serve, replaying...", flush=True)
+                config = ReplayConfig(target=url, model=MODEL, rate_scale=args.load / args.time_scale)
+                outcome = run_event_loop(lambda: replay_trace(trace.requests, config, progress=sys.stderr.isatty()))
+                results = [to_emulated_time(r, args.time_scale) for r in outcome.results]
+                meta = {"label": label, "trace": "mooncake_demo.jsonl", "time_scale": args.time_scale,
+                        "load": args.load, "settings": settings}
+                runs.append((label, write_run(out_dir / label, results, meta, ttft_slo_ms=args.ttft_slo_ms)))
+    finally:
+        if started:
+            stop_local()
+    _print_report(runs, out_dir)
+    return 0
+
+
+def _print_report(runs: list[tuple[str, dict[str, Any]]], out_dir: Path) -> None:
+    from fleetgate.loadgen.plots import plot_compare
+    from fleetgate.loadgen.report import load_results
+
+    figure = plot_compare(out_dir / "compare.png", [(label, load_results(out_dir / label), summary)
+                                                     for label, summary in runs])
+    print("\n" + format_table(runs))
+    print(f"\nPlots: {figure} (side by side), and per run: "
+          + ", ".join(f"{out_dir / label}/" for label, _ in runs))
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Add `fleetgate demo`."""
+    demo = commands.add_parser(
+        "demo",
+        help="the whole product in ~2 minutes: emulated fleet, gateway on Ray Serve, trace replay, report",
+        description=(
+            "Start an emulated heterogeneous vLLM fleet (2x L4, 2x A100, 2x H100), put the gateway in front of "
+            "it on Ray Serve, replay a bundled slice of the Mooncake trace once with round-robin and once with "
+            "Fleetgate's default policy and DualMap, and print the two reports side by side. Stops everything "
+            "it started."
+        ),
+    )
+    demo.add_argument("--time-scale", type=float, default=0.5,
+                      help="emulated fleet speed: 0.5 (default) runs twice as fast as real time")
+    demo.add_argument("--load", type=float, default=1.0,
+                      help="trace speed-up in emulated time: 2 offers twice the trace's request rate (default 1)")
+    demo.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO of the report (default 2000)")
+    demo.add_argument("--max-requests", type=int, default=None, help="replay only the first N requests")
+    demo.add_argument("--policy", help="policy file for the fleetgate run (default: the built-in policy)")
+    demo.add_argument("--port", type=int, default=8000, help="gateway port on 127.0.0.1 (default 8000)")
+    demo.add_argument("--out", type=Path, help="report directory (default runs/demo-DATE)")
+    demo.set_defaults(func=run)

@@ -1,0 +1,101 @@
+"""Ray Serve front tier: the gateway's ASGI app as an ingress deployment (the only Ray code here).
+
+Each replica builds its own runtime (aiohttp session, fleet refresh task, routers) from the same
+settings, so replicas share nothing on the request path: DualMap's candidate pair is a pure
+function of the prompt and the pool, and load is read from each replica's own scrape.
+
+`serve run deploy/serve.yaml` uses `build_app`; `fleetgate serve` starts a small local Ray and
+calls the same builder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from typing import Any
+
+from fleetgate.app.compose import GatewaySettings, build_asgi_app
+from pydantic import ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+
+class ServeArgs(GatewaySettings):
+    """`build_app` arguments: the gateway settings plus how many replicas to run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=1000, ge=1)
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a replica being "
+                                               "replaced may finish its in-flight streams")
+
+
+@serve.ingress()
+class GatewayIngress:
+    """One gateway replica; the app (and its lifespan) is built on the replica itself."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._settings = GatewaySettings(**settings)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_asgi_app(self._settings)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder (`import_path: fleetgate.app.serve:build_app` in serve.yaml)."""
+    serve_args = ServeArgs(**args)
+    settings = GatewaySettings(**serve_args.model_dump(exclude={"num_replicas", "max_ongoing_requests", "graceful_shutdown_timeout_s"}))
+    deployment = serve.deployment(
+        GatewayIngress,
+        name="fleetgate",
+        num_replicas=serve_args.num_replicas,
+        max_ongoing_requests=serve_args.max_ongoing_requests,
+        graceful_shutdown_timeout_s=serve_args.graceful_shutdown_timeout_s,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return deployment.bind(settings.model_dump())
+
+
+def haproxy_mode(prefer: bool | None = None) -> bool:
+    """Whether Ray Serve will use its HAProxy ingress (about twice the requests/s of the Python
+    proxy here, and a fifth of its added latency): on where the `haproxy` binary is available unless
+    `prefer` is False. Sets the environment Ray reads, so it must run before Ray starts."""
+    use = shutil.which("haproxy") is not None and prefer is not False
+    if prefer is None and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0":
+        use = False
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if use else "0"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if use else "0"
+    if use:  # Ray's HAProxy also serves stats (8404) and metrics (9101) on every interface; unless the
+        # operator chose ports, take free ones so two local gateways do not collide.
+        for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            os.environ.setdefault(variable, str(_free_port()))
+    return use
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local(args: dict[str, Any], *, port: int, num_cpus: int | None = None,
+                haproxy: bool | None = None) -> bool:
+    """Start a small local Ray (no dashboard), Serve on 127.0.0.1:`port`, and the gateway.
+    `haproxy` None picks HAProxy mode when available. Returns whether HAProxy mode is on."""
+    import ray
+
+    use_haproxy = haproxy_mode(haproxy)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="fleetgate", route_prefix="/", blocking=False)
+    return use_haproxy
+
+
+def stop_local() -> None:
+    """Stop the local Ray and everything on it (Serve's graceful controller shutdown can take 30 s;
+    a local cluster we started ourselves has nothing to drain)."""
+    import ray
+
+    ray.shutdown()

@@ -1,0 +1,38 @@
+"""Canonical prompt rendering and prefix block hashing for affinity routing.
+
+The prompt is rendered the same way on every replica (roles and contents in order, tools first),
+cut into `block_chars` blocks (256 chars, about 64 tokens) and chain-hashed with xxh3_64, so a
+routing key is a pure function of the prompt prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import orjson
+from fleetgate.core.tokens import chain_hashes, content_text
+
+ROUTING_BLOCK_CHARS = 256
+
+
+def render_chat(messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | None = None) -> str:
+    """A deterministic text rendering of a chat request: tools, then each message with its role."""
+    parts: list[str] = []
+    if tools:
+        parts.append("<|tools|>\n" + orjson.dumps(list(tools), option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    for message in messages:
+        text = content_text(message.get("content"))
+        if message.get("tool_calls"):
+            text += orjson.dumps(message["tool_calls"], option=orjson.OPT_SORT_KEYS).decode()
+        parts.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
+    return "".join(parts)
+
+
+def prefix_hashes(text: str, block_chars: int = ROUTING_BLOCK_CHARS) -> tuple[int, ...]:
+    """Chained xxh3 hashes of the full blocks of `text`, plus one for a trailing partial block,
+    so short prompts still get a key."""
+    hashes = chain_hashes(text, block_chars)
+    tail = text[len(hashes) * block_chars :]
+    if tail:
+        hashes += chain_hashes(tail, len(tail), seed=hashes[-1] if hashes else 0)
+    return tuple(hashes)

@@ -1,0 +1,82 @@
+"""A cache hit in OpenAI's wire format, so clients cannot tell it from a backend answer.
+
+Non-streaming requests get a whole `chat.completion` / `text_completion` object; streaming ones get
+the same chunk sequence vLLM sends (role chunk, content chunks, a finish chunk, a usage chunk when
+`stream_options.include_usage` asks for it, then `[DONE]`). Usage is counted with the project's
+stand-in tokenizer and reports the whole prompt as cached.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from fleetgate.core.plan import CacheHit
+from fleetgate.core.prefix import render_chat
+from fleetgate.core.request import InferenceRequest
+from fleetgate.core.tokens import count_tokens
+
+REPLAY_CHUNK_CHARS = 64  # text per SSE chunk: a few tokens, like a real stream but without the wait
+
+
+def _usage(request: InferenceRequest, hit: CacheHit) -> dict[str, Any]:
+    prompt = render_chat(request.messages, request.tools) if request.messages is not None else request.prompt or ""
+    prompt_tokens = count_tokens(prompt)
+    completion_tokens = count_tokens(hit.text)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": prompt_tokens},
+    }
+
+
+def _envelope(request: InferenceRequest, *, chunk: bool) -> dict[str, Any]:
+    if request.api == "chat":
+        kind, prefix = ("chat.completion.chunk" if chunk else "chat.completion"), "chatcmpl"
+    else:
+        kind, prefix = "text_completion", "cmpl"
+    return {"id": f"{prefix}-cache-{request.request_id}", "object": kind, "created": int(time.time()), "model": request.model}
+
+
+def replay_body(request: InferenceRequest, hit: CacheHit) -> dict[str, Any]:
+    """The full (non-streaming) response object of a hit."""
+    if request.api == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": hit.text}}
+    else:
+        choice = {"index": 0, "text": hit.text}
+    choice.update(logprobs=None, finish_reason=hit.finish_reason)
+    return {**_envelope(request, chunk=False), "choices": [choice], "usage": _usage(request, hit)}
+
+
+def replay_chunks(request: InferenceRequest, hit: CacheHit) -> list[dict[str, Any]]:
+    """The stream's events as objects, in order (without the final `[DONE]`)."""
+    base = _envelope(request, chunk=True)
+    chat = request.api == "chat"
+
+    def event(content: str | None, *, role: bool = False, finish_reason: str | None = None) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if role else {}
+            if content is not None:
+                delta["content"] = content
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+        else:
+            choice = {"index": 0, "text": content or ""}
+        choice.update(logprobs=None, finish_reason=finish_reason)
+        return {**base, "choices": [choice]}
+
+    events = [event("", role=True)] if chat else []
+    events += [event(hit.text[i : i + REPLAY_CHUNK_CHARS]) for i in range(0, len(hit.text), REPLAY_CHUNK_CHARS)]
+    events.append(event(None if chat else "", finish_reason=hit.finish_reason))
+    options = request.body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage"):
+        events.append({**base, "choices": [], "usage": _usage(request, hit)})
+    return events
+
+
+async def replay_sse(request: InferenceRequest, hit: CacheHit) -> AsyncIterator[bytes]:
+    """The hit as SSE bytes, ending with `data: [DONE]`."""
+    for payload in replay_chunks(request, hit):
+        yield b"data: " + orjson.dumps(payload) + b"\n\n"
+    yield b"data: [DONE]\n\n"
