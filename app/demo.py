@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
 from fleetgate.loadgen.replay import (
     ReplayConfig,
     RequestResult,
@@ -154,7 +155,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                       help="emulated fleet speed: 0.5 (default) runs twice as fast as real time")
     demo.add_argument("--load", type=float, default=1.0,
                       help="trace speed-up in emulated time: 2 offers twice the trace's request rate (default 1)")
-    demo.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO of the report (default 2000)")
+    demo.add_argument("--ttft-slo-ms", type=float, default=DEFAULT_TTFT_SLO_MS, help="TTFT SLO of the report (default %(default)s)")
     demo.add_argument("--max-requests", type=int, default=None, help="replay only the first N requests")
     demo.add_argument("--policy", help="policy file for the fleetgate run (default: the built-in policy)")
     demo.add_argument("--port", type=int, default=8000, help="gateway port on 127.0.0.1 (default 8000)")

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import aiohttp
 from fleetgate.app.serve import start_local, stop_local
+from fleetgate.core.defaults import DEFAULT_GPU
 
 MODEL = "bench-model"
 
@@ -95,7 +96,7 @@ def run(requests: int, repeats: int, ports: tuple[int, int, int]) -> None:
     direct = f"http://127.0.0.1:{emulator_port}"
     settings = {"worker_urls": [direct], "model": MODEL, "router": "round-robin"}
     results: dict[str, dict[tuple[int, bool], Cell]] = {}
-    with _process("emulate", "--gpu", "h100", "--model", MODEL, "--port", str(emulator_port),
+    with _process("emulate", "--gpu", DEFAULT_GPU, "--model", MODEL, "--port", str(emulator_port),
                   "--time-scale", "0.001"), \
          _process("serve", "--bare", "--worker-urls", direct, "--model", MODEL, "--router", "round-robin",
                   "--port", str(bare_port)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.core.profile import WorkloadProfile
 from fleetgate.core.request import InferenceRequest
 
@@ -28,7 +29,7 @@ class RoutePlan:
     tpot_slo_s: float | None = None
     priority: int = 0
     cache_policy: str | None = None  # the category cache policy to apply; None bypasses the cache
-    key_blocks: int = 2  # DualMap affinity key length in prefix blocks
+    key_blocks: int = DEFAULT_KEY_BLOCKS  # DualMap affinity key length in prefix blocks
     router_params: tuple[tuple[str, Any], ...] = ()  # the router's constructor arguments, sorted by name
     pools_ranked: bool = True  # True: spill to the next pool only when one is unhealthy or over the SLO;
     # False: any of them, whichever promises the lowest TTFT

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.core.prefix import prefix_hashes
 from fleetgate.core.tokens import CHARS_PER_TOKEN
 from fleetgate.pools.model import Endpoint
@@ -33,7 +34,7 @@ class DecisionCost:
 
 
 def _views(n: int, rng: random.Random) -> list[InstanceView]:
-    profile = get_profile("h100")
+    profile = get_profile(DEFAULT_GPU)
     return [
         InstanceView(
             Endpoint(f"i{i}", f"http://10.0.0.{i}:8000", "p", "m"), profile,

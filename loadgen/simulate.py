@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from fleetgate.core.defaults import DEFAULT_GPU, DEFAULT_KEY_BLOCKS, DEFAULT_TTFT_SLO_MS
 from fleetgate.core.prefix import prefix_hashes, render_chat
 from fleetgate.core.tokens import KV_BLOCK_TOKENS, count_tokens, kv_block_hashes
 from fleetgate.loadgen.traces import TraceRequest
@@ -89,12 +90,12 @@ EngineFactory = Callable[[GpuProfile], EngineLike]
 class SimConfig:
     router: str
     instances: int
-    gpu: str = "h100"
-    ttft_slo_s: float = 2.0
+    gpu: str = DEFAULT_GPU
+    ttft_slo_s: float = DEFAULT_TTFT_SLO_MS / 1000
     rate_scale: float = 1.0
     seed: int = 0
     scrape_interval_s: float = 0.5
-    key_blocks: int = 2
+    key_blocks: int = DEFAULT_KEY_BLOCKS
     kv_cache_tokens: int | None = None  # override the profile's KV cache size (None: the profile's)
     router_params: tuple[tuple[str, Any], ...] = ()
 

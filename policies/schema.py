@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 from fleetgate.cache.policy import CachePolicy
+from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.core.profile import ContextClass, WorkloadShape
 from fleetgate.policies.classify import ClassifierConfig
 from fleetgate.pools.config import PoolConfig
@@ -121,7 +122,7 @@ class Defaults(_Strict):
     priority: int = 0
     cache: str = CACHE_FROM_CATEGORY
     router: RouterField = RouterSpec(name="dualmap")
-    key_blocks: int = Field(default=2, ge=1)
+    key_blocks: int = Field(default=DEFAULT_KEY_BLOCKS, ge=1)
 
 
 class Policy(_Strict):

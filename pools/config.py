@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import yaml
+from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.core.yamlconf import load_yaml, parse_yaml
 from fleetgate.pools.model import Endpoint, Pool
 from fleetgate.pools.profiles import PROFILES, get_profile
@@ -59,7 +60,7 @@ class PoolConfig(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     model: str
-    gpu: str = "h100"
+    gpu: str = DEFAULT_GPU
     max_context_tokens: int | None = Field(default=None, gt=0)
     backend: Literal["emulator", "vllm"] = "emulator"  # what `fleet up` starts for count/base_port pools
     instances: list[InstanceConfig] = []
@@ -138,7 +139,7 @@ def parse_fleet(text: str, source: str = "<string>") -> FleetConfig:
     return parse_yaml(text, FleetConfig, source)
 
 
-def single_pool_fleet(urls: list[str], model: str, gpu: str = "h100", name: str = "default") -> FleetConfig:
+def single_pool_fleet(urls: list[str], model: str, gpu: str = DEFAULT_GPU, name: str = "default") -> FleetConfig:
     """The quick-start fleet: one pool of the given worker URLs (`fleetgate serve --worker-urls`)."""
     return FleetConfig(pools=[PoolConfig(name=name, model=model, gpu=gpu, instances=[InstanceConfig(url=u) for u in urls])])
 

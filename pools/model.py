@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.pools.profiles import GpuProfile, get_profile
 
 
@@ -22,7 +23,7 @@ class Endpoint:
     url: str  # base URL without /v1, e.g. http://127.0.0.1:8001
     pool: str
     model: str
-    gpu: str = "h100"
+    gpu: str = DEFAULT_GPU
     max_context_tokens: int = 32768
     weight: float = 1.0  # relative capacity within its pool (virtual nodes on hash rings)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_TTFT_SLO_MS = 2000.0
+from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:

@@ -7,6 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
+from fleetgate.core.defaults import DEFAULT_GPU
+
 DEFAULT_STATE_DIR = ".fleetgate"
 
 
@@ -19,7 +21,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "vLLM's timing (batching, prefix cache, KV memory) for the chosen GPU, and serves vLLM's /metrics. "
         "Ctrl-C stops it.",
     )
-    emulate.add_argument("--gpu", default="h100", help="hardware profile: h100, a100 or l4 (default h100)")
+    emulate.add_argument("--gpu", default=DEFAULT_GPU, help="hardware profile: h100, a100 or l4 (default %(default)s)")
     emulate.add_argument("--model", default="llama-3.1-8b", help="served model name (default llama-3.1-8b)")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
@@ -64,7 +66,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     bench_emulator.add_argument("--rate", type=float, default=2.0, help="requests/s per instance (default 2)")
     bench_emulator.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default 5)")
     bench_emulator.add_argument("--runs", type=int, default=3, help="runs per instance count; the median is shown")
-    bench_emulator.add_argument("--gpu", default="h100")
+    bench_emulator.add_argument("--gpu", default=DEFAULT_GPU, help="hardware profile (default %(default)s)")
     bench_emulator.add_argument("--output-tokens", type=int, default=64)
     bench_emulator.add_argument("--prompt-tokens", type=int, default=512)
     _time_scale(bench_emulator)

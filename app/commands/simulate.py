@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from fleetgate.core.defaults import DEFAULT_GPU, DEFAULT_TTFT_SLO_MS
+
 TRACE_FORMATS = ("mooncake", "azure", "burstgpt", "openai-jsonl", "aibrix", "synthetic")
 TABLE_COLUMNS = (
     ("router", "router", "{}"),
@@ -51,8 +53,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         help="routing algorithm; 'all' runs every router and prints one table (default dualmap)",
     )
     simulate.add_argument("--instances", type=int, default=8, help="emulated instances in the pool (default 8)")
-    simulate.add_argument("--gpu", default="h100", help="GPU profile of every instance: h100, a100, l4 (default h100)")
-    simulate.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO in milliseconds (default 2000)")
+    simulate.add_argument("--gpu", default=DEFAULT_GPU, help="GPU profile of every instance: h100, a100, l4 (default %(default)s)")
+    simulate.add_argument("--ttft-slo-ms", type=float, default=DEFAULT_TTFT_SLO_MS, help="TTFT SLO in milliseconds (default %(default)s)")
     rate = simulate.add_mutually_exclusive_group()
     rate.add_argument("--rate-scale", type=float, default=1.0, help="replay X times faster than the trace (default 1)")
     rate.add_argument("--capacity", action="store_true", help="search the highest rate with >= 90%% within the SLO")

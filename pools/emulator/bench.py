@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from fleetgate.core.defaults import DEFAULT_GPU
+
 MODEL = "bench-model"
 
 
@@ -90,7 +92,7 @@ async def _lag_probe(samples: list[float], period_s: float = 0.005) -> None:
         samples.append(loop.time() - started - period_s)
 
 
-async def measure(instances: int, *, rate_rps: float, duration_s: float, gpu: str = "h100", time_scale: float = 1.0,
+async def measure(instances: int, *, rate_rps: float, duration_s: float, gpu: str = DEFAULT_GPU, time_scale: float = 1.0,
                   output_tokens: int = 64, prompt_tokens: int = 512, seed: int = 0) -> BenchRun:
     """One run: N in-process instances, the client in a spawned process."""
     from fleetgate.pools.emulator.local import run_emulated_fleet

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.pools.model import Endpoint
 from fleetgate.pools.profiles import GpuProfile
 
@@ -34,7 +35,7 @@ class RouteRequest:
     expected_output_tokens: int = 256
     session_id: str | None = None
     ttft_slo_s: float | None = None
-    key_blocks: int = 2  # how many leading prefix blocks form the affinity key
+    key_blocks: int = DEFAULT_KEY_BLOCKS  # how many leading prefix blocks form the affinity key
     category: str = "general"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,13 @@ def test_import_contracts_are_kept(monkeypatch):
 
 def test_the_wheel_installs_nothing_but_the_fleetgate_namespace(tmp_path):
     """`import router` (or cache, pools, ...) from an installed wheel must find someone else's package, not ours."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+    source = tmp_path / "source"  # the tracked files only: setuptools would reuse a stale build/ in the checkout
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("fleetgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
