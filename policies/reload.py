@@ -4,12 +4,11 @@
 `reload_now()` (also the admin endpoint's action) loads, checks and compiles the file and swaps it
 into the planner, or leaves the old policy serving and logs each error with its YAML path.
 Compiling embeds exemplars, so both run in a worker thread when called from the event loop
-(`run()` does that).
+(the poll loop and the admin reload in app/compose.py do that).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 class PolicyWatcher:
-    def __init__(self, planner: PolicyPlanner, source: PolicySource, *, clock: Clock = monotonic_clock, interval_s: float = 2.0) -> None:
+    def __init__(self, planner: PolicyPlanner, source: PolicySource, *, clock: Clock = monotonic_clock, interval_s: float) -> None:
         self.planner = planner
         self.source = source
         self.interval_s = interval_s
@@ -105,9 +104,3 @@ class PolicyWatcher:
         if signature is None or signature == self._seen:
             return None
         return self.reload_now()
-
-    async def run(self) -> None:
-        """Poll until cancelled; the gateway starts this as a background task."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await asyncio.to_thread(self.poll)

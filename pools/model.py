@@ -79,6 +79,3 @@ class FleetSnapshot:
     def models(self) -> list[str]:
         """Every model served by some pool, sorted, without duplicates."""
         return sorted({p.model for p in self.pools.values()})
-
-    def pools_for_model(self, model: str) -> list[Pool]:
-        return [p for p in self.pools.values() if p.model == model]

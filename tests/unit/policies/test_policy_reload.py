@@ -113,7 +113,7 @@ async def test_a_failing_compile_keeps_the_old_policy(tmp_path: Path):
     path = tmp_path / "p.yaml"
     write(path, POLICY, 1000)
     planner = build_planner(PolicySource(path))
-    watcher = PolicyWatcher(planner, PolicySource(path, embedder=BrokenEmbedder()), clock=ManualClock())
+    watcher = PolicyWatcher(planner, PolicySource(path, embedder=BrokenEmbedder()), clock=ManualClock(), interval_s=2.0)
     path.write_text(POLICY + "categories:\n  - {name: c, exemplars: [hello]}\n")
     problems = watcher.reload_now()
     assert problems and "model unavailable" in problems[0].message
