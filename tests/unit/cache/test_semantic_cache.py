@@ -1,4 +1,5 @@
-"""SemanticCache: thresholds, TTL (manual clock), quota eviction, isolation, exact path, load adaptation, coalescing."""
+"""SemanticCache end to end over its parts: paraphrase hits, the exact path, TTLs, quotas, isolation, load
+adaptation, coalescing, outages and restarts; all on manual clocks (the parts have their own tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,7 @@ from fleetgate.cache.embed import AsyncBatchingEmbedder, HashingEmbedder
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.policy import AdaptiveBounds, CachePolicy
 from fleetgate.cache.semantic import SemanticCache
-from fleetgate.cache.store import (
-    CacheUnavailable,
-    InMemoryDocumentStore,
-    StoreEvent,
-)
+from fleetgate.cache.store import CacheUnavailable, InMemoryDocumentStore
 from fleetgate.core.clock import ManualClock
 from fleetgate.core.plan import CacheBypass, CacheHit, CacheMiss, RoutePlan
 from fleetgate.core.profile import WorkloadProfile
@@ -42,14 +39,20 @@ def plan(policy: str | None = "faq", pool: str = "p1") -> RoutePlan:
     return RoutePlan(pools=(pool,), router="dualmap", rule="r", profile=profile, cache_policy=policy)
 
 
-def make_cache(clock: ManualClock, store: Any = None, *, coalesce_timeout_s: float = 5.0, **policy: Any) -> SemanticCache:
+def make_cache(
+    clock: ManualClock, store: Any = None, *, wall_clock: ManualClock | None = None,
+    embedder: AsyncBatchingEmbedder | None = None, coalesce_timeout_s: float = 5.0, **policy: Any,
+) -> SemanticCache:
+    """A cache whose clocks are both `clock` unless `wall_clock` is given."""
+    wall_clock = wall_clock or clock
     policies = {"faq": CachePolicy(**{"enabled": True, "threshold": 0.9, "ttl_s": 100.0, **policy}),
                 "off": CachePolicy(enabled=False)}
     return SemanticCache(
-        embedder=AsyncBatchingEmbedder(EMBEDDER, window_s=0.0005),
-        store=store if store is not None else InMemoryDocumentStore(clock=clock),
+        embedder=embedder or AsyncBatchingEmbedder(EMBEDDER, window_s=0.0005),
+        store=store if store is not None else InMemoryDocumentStore(clock=wall_clock),
         policies=policies,
         clock=clock,
+        wall_clock=wall_clock,
         coalesce_timeout_s=coalesce_timeout_s,
     )
 
@@ -58,11 +61,6 @@ async def remember(cache: SemanticCache, text: str, answer: str, **req: Any) -> 
     miss = await cache.lookup(request(text, **req), plan())
     assert isinstance(miss, CacheMiss), miss
     await cache.store(miss, answer, "stop")
-
-
-@pytest.fixture()
-def clock() -> ManualClock:
-    return ManualClock(1_000.0)
 
 
 @pytest.mark.parametrize(("offset", "hits"), [(-0.01, True), (+0.01, False)])
@@ -78,12 +76,24 @@ async def test_threshold_decides_a_paraphrase_hit(clock: ManualClock, offset: fl
 
 
 async def test_exact_match_needs_no_embedding(clock: ManualClock) -> None:
-    cache = make_cache(clock)
+    embedder = AsyncBatchingEmbedder(EMBEDDER, window_s=0.0005)
+    cache = make_cache(clock, embedder=embedder)
     await remember(cache, Q, "A")
-    batches = cache.embedder.batches
+    batches = embedder.batches
     result = await cache.lookup(request("  How do I RESET my password   on the website "), plan())
     assert result == CacheHit("A", "stop", 1.0)
-    assert cache.embedder.batches == batches and cache.stats.exact_hits["faq"] == 1
+    assert embedder.batches == batches and cache.stats.exact_hits["faq"] == 1
+
+
+async def test_keys_too_long_to_embed_are_exact_match_only(clock: ManualClock) -> None:
+    embedder = AsyncBatchingEmbedder(EMBEDDER, window_s=0.0005)
+    cache = make_cache(clock, embedder=embedder, threshold=0.5)
+    long_question = Q + " please" * 200
+    await remember(cache, long_question, "A")
+    assert embedder.batches == 0
+    assert await cache.lookup(request(long_question), plan()) == CacheHit("A", "stop", 1.0)
+    assert isinstance(await cache.lookup(request(long_question + " now"), plan()), CacheMiss)
+    assert cache.sizes() == {Namespace("t1", "m", "faq"): 1}
 
 
 async def test_ttl_expiry_on_the_manual_clock(clock: ManualClock) -> None:
@@ -94,6 +104,25 @@ async def test_ttl_expiry_on_the_manual_clock(clock: ManualClock) -> None:
     clock.advance(1.0)
     assert isinstance(await cache.lookup(request(Q), plan()), CacheMiss)
     assert cache.sizes() == {} and cache.stats.evictions[("faq", "expired")] == 1
+
+
+async def test_entries_age_on_the_wall_clock_and_coalescing_runs_on_the_monotonic_one(clock: ManualClock) -> None:
+    wall = ManualClock(1_700_000_000.0)
+    cache = make_cache(clock, wall_clock=wall, ttl_s=60.0)
+    await remember(cache, Q, "A")
+    clock.advance(3_600.0)  # in-process time alone never ages an entry
+    assert isinstance(await cache.lookup(request(Q), plan()), CacheHit)
+    wall.advance(60.0)
+    miss = await cache.lookup(request(Q), plan())
+    assert isinstance(miss, CacheMiss) and miss.key.leader
+    assert cache.stats.evictions == {("faq", "expired"): 1}  # seen by the cache, not only by the store
+    wall.advance(3_600.0)  # wall time alone never frees a slot: an identical lookup waits
+    waiter = asyncio.create_task(cache.lookup(request(Q), plan()))
+    await asyncio.sleep(0)  # one turn of the loop: it is waiting now
+    assert not waiter.done()
+    cache.release(miss)
+    released = await asyncio.wait_for(waiter, 2)
+    assert isinstance(released, CacheMiss) and not released.key.leader  # it waited, then went upstream
 
 
 async def test_quota_evicts_fewest_hits_then_oldest(clock: ManualClock) -> None:
@@ -111,14 +140,7 @@ async def test_quota_evicts_fewest_hits_then_oldest(clock: ManualClock) -> None:
     assert cache.sizes() == {Namespace("t1", "m", "faq"): 2}
 
 
-@pytest.mark.parametrize(
-    "other",
-    [
-        {"tenant": "t2"},
-        {"model": "other-model"},
-        {"system": "You answer in French."},
-    ],
-)
+@pytest.mark.parametrize("other", [{"tenant": "t2"}, {"model": "other-model"}, {"system": "You answer in French."}])
 async def test_never_across_tenants_models_or_contexts(clock: ManualClock, other: dict[str, str]) -> None:
     cache = make_cache(clock)
     await remember(cache, Q, "A")
@@ -127,48 +149,31 @@ async def test_never_across_tenants_models_or_contexts(clock: ManualClock, other
 
 @pytest.mark.parametrize(
     ("policy", "fields", "reason"),
-    [
-        (None, {}, "no-policy"),
-        ("unknown", {}, "no-policy"),
-        ("off", {}, "disabled"),
-        ("faq", {"temperature": 1.2}, "temperature"),
-        ("faq", {"tools": ({"type": "function", "function": {"name": "f"}},)}, "tools"),
-        ("faq", {"n": 3}, "n"),
-    ],
+    [(None, {}, "no-policy"), ("unknown", {}, "no-policy"), ("off", {}, "disabled"), ("faq", {"n": 3}, "n")],
 )
-async def test_bypass_reasons(clock: ManualClock, policy: str | None, fields: dict[str, Any], reason: str) -> None:
+async def test_bypasses_are_counted_by_reason(clock: ManualClock, policy: str | None, fields: dict[str, Any], reason: str) -> None:
     cache = make_cache(clock)
     assert await cache.lookup(request(Q, **fields), plan(policy)) == CacheBypass(reason)
-    assert sum(cache.stats.bypasses.values()) == 1
+    assert cache.stats.bypasses == {(policy or "none", reason): 1}
 
 
-@pytest.mark.parametrize(
-    ("stored_max", "finish", "asked_max", "hits"),
-    [
-        (16, "stop", None, True),
-        (16, "stop", 500, True),
-        (16, "length", 16, True),
-        (16, "length", 8, True),
-        (16, "length", 17, False),  # the cached answer was cut shorter than this request allows
-        (16, "length", None, False),
-        (None, "length", 8, False),
-    ],
-)
-async def test_length_answers_serve_only_requests_asking_no_more(
-    clock: ManualClock, stored_max: int | None, finish: str, asked_max: int | None, hits: bool
-) -> None:
+@pytest.mark.parametrize(("asked_max", "hits"), [(16, True), (17, False)])
+async def test_length_answers_serve_only_requests_asking_no_more(clock: ManualClock, asked_max: int, hits: bool) -> None:
     cache = make_cache(clock)
-    miss = await cache.lookup(request(Q, max_tokens=stored_max), plan())
-    await cache.store(miss, "an answer", finish)
+    miss = await cache.lookup(request(Q, max_tokens=16), plan())
+    await cache.store(miss, "an answer", "length")
     assert isinstance(await cache.lookup(request(Q, max_tokens=asked_max), plan()), CacheHit) == hits
 
 
-async def test_empty_answers_are_not_stored(clock: ManualClock) -> None:
+async def test_refused_answers_are_not_stored_and_release_their_waiters(clock: ManualClock) -> None:
     cache = make_cache(clock)
     miss = await cache.lookup(request(Q), plan())
+    waiter = asyncio.create_task(cache.lookup(request(Q), plan()))
+    await asyncio.sleep(0)  # one turn of the loop: it is waiting now
     await cache.store(miss, "", "stop")
-    assert isinstance(await cache.lookup(request(Q), plan()), CacheMiss)
-    assert cache.stats.not_stored[("faq", "empty")] == 1
+    released = await asyncio.wait_for(waiter, 2)
+    assert isinstance(released, CacheMiss) and not released.key.leader  # it waited, then went upstream
+    assert cache.stats.not_stored == {("faq", "empty"): 1} and cache.sizes() == {}
 
 
 async def test_load_adaptation_relaxes_and_returns(clock: ManualClock) -> None:
@@ -178,13 +183,13 @@ async def test_load_adaptation_relaxes_and_returns(clock: ManualClock) -> None:
     miss = await cache.lookup(request(PARAPHRASE), plan())
     assert isinstance(miss, CacheMiss)
     cache.release(miss)  # its upstream call "failed": nobody waits for it
-    cache.on_fleet_snapshot({"p1"})
+    cache.set_pool_pressure("p1", True)
     relaxed = await cache.lookup(request(PARAPHRASE), plan())
     assert isinstance(relaxed, CacheHit) and cache.stats.relaxed_hits["faq"] == 1
     clock.advance(50.0)  # past ttl_s, within max_ttl_s: still served under pressure
     assert isinstance(await cache.lookup(request(Q), plan()), CacheHit)
     assert isinstance(await cache.lookup(request(PARAPHRASE), plan(pool="p2")), CacheMiss)  # other pool: not relaxed
-    cache.on_fleet_snapshot(set())
+    cache.set_pool_pressure("p1", False)
     assert isinstance(await cache.lookup(request(Q), plan()), CacheMiss)  # TTL back to 10 s
     assert cache.stats.adaptations == {("faq", "relax"): 1, ("faq", "restore"): 1}
 
@@ -199,11 +204,12 @@ async def test_concurrent_identical_misses_coalesce(clock: ManualClock) -> None:
     assert cache.stats.coalesced["faq"] == 1
 
 
-async def test_a_leader_that_never_answers_releases_waiters_after_the_timeout(clock: ManualClock) -> None:
-    cache = make_cache(clock, coalesce_timeout_s=0.05)
+async def test_a_leader_past_the_timeout_blocks_nobody(clock: ManualClock) -> None:
+    cache = make_cache(clock, coalesce_timeout_s=5.0)
     first = await cache.lookup(request(Q), plan())
+    clock.advance(5.0)
     second = await asyncio.wait_for(cache.lookup(request(Q), plan()), 2)
-    assert isinstance(first, CacheMiss) and isinstance(second, CacheMiss)
+    assert isinstance(first, CacheMiss) and isinstance(second, CacheMiss) and second.key.leader
 
 
 class DownStore(InMemoryDocumentStore):
@@ -219,19 +225,16 @@ async def test_an_unavailable_store_is_a_miss_never_an_error(clock: ManualClock)
     miss = await cache.lookup(request(Q), plan())
     await cache.store(miss, "A", "stop")  # does not raise
     assert isinstance(await cache.lookup(request(Q), plan()), CacheMiss)
-    assert cache.stats.store_unavailable >= 1
+    assert cache.stats.store_unavailable >= 1 and cache.stats.not_stored[("faq", "store-unavailable")] == 1
 
 
-async def test_restart_rebuilds_from_the_store_and_replicas_learn_puts(clock: ManualClock) -> None:
+async def test_a_restart_starts_from_what_the_store_holds(clock: ManualClock) -> None:
     store = InMemoryDocumentStore(clock=clock)
-    first = make_cache(clock, store)
-    await remember(first, Q, "A")
-    second = make_cache(clock, store)
-    await second.rebuild()
-    assert await second.lookup(request(Q), plan()) == CacheHit("A", "stop", 1.0)
-    third = make_cache(clock, store)
-    head = next(iter(first._entries.values())).head
-    await third.apply(StoreEvent("put", head.entry_id, head))
-    assert isinstance(await third.lookup(request(Q), plan()), CacheHit)
-    await third.apply(StoreEvent("delete", head.entry_id))
-    assert third.sizes() == {}
+    await remember(make_cache(clock, store), Q, "A")
+    restarted = make_cache(clock, store)
+    await restarted.start()
+    try:
+        assert await restarted.lookup(request(Q), plan()) == CacheHit("A", "stop", 1.0)
+        assert restarted.stats.rebuilds == 1 and restarted.sizes() == {Namespace("t1", "m", "faq"): 1}
+    finally:
+        await restarted.stop()
