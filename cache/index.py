@@ -145,12 +145,10 @@ class VectorIndex:
         labels = [self._label_of[entry_id] for entry_id in entry_ids]
         return entry_ids, np.asarray(self._graph.get_items(labels, return_type="numpy"), dtype=np.float32)
 
-    def compacted(self) -> VectorIndex:
-        """A fresh graph of the live entries only: restores search quality after heavy churn.
-
-        Pure with respect to `self` once `vectors()` was read, so it may run in a worker thread.
-        """
-        entry_ids, vectors = self.vectors()
+    def rebuilt(self, entry_ids: list[str], vectors: np.ndarray) -> VectorIndex:
+        """A fresh graph with this one's parameters holding just these entries (read with `vectors()`):
+        restores search quality after heavy churn. Touches nothing of `self` but its parameters, so it
+        may run in a worker thread."""
         return self.build(entry_ids, vectors, dim=self.dim, m=self._m, ef_construction=self._ef_construction, ef_search=self._ef_search)
 
     @classmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 from fleetgate.cache.entries import Entries, outlived
-from fleetgate.cache.index import VectorIndex
 from fleetgate.core.clock import Clock
 
 PURGE_INTERVAL_S = 60.0
@@ -37,6 +36,6 @@ class Purger:
             graph = index.get(namespace)
             if graph is not None and graph.deleted_slots > max(MIN_HOLES_TO_COMPACT, len(graph)):
                 entry_ids, vectors = graph.vectors()  # read here: the graph is only touched from the event loop
-                compact = await asyncio.to_thread(VectorIndex.build, entry_ids, vectors, dim=graph.dim)
+                compact = await asyncio.to_thread(graph.rebuilt, entry_ids, vectors)
                 if index.get(namespace) is graph and len(graph) == len(entry_ids):  # unchanged meanwhile
                     index.replace(namespace, compact)
