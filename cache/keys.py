@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 from fleetgate.cache.index import Namespace
-from fleetgate.core.prefix import render_chat
 from fleetgate.core.request import InferenceRequest
 
 _SPACES = re.compile(r"\s+")
@@ -40,12 +39,12 @@ def request_key(request: InferenceRequest, namespace: Namespace) -> RequestKey |
     if "response_format" in request.body:
         context.append(orjson.dumps(request.body["response_format"], option=orjson.OPT_SORT_KEYS).decode())
     if request.messages is not None:
-        last_user = next((i for i in range(len(request.messages) - 1, -1, -1) if request.messages[i].get("role") == "user"), None)
-        if last_user is None:
+        if request.last_user_span is None:
             return None
-        text = render_chat([request.messages[last_user]]).removeprefix("<|user|>\n").removesuffix("\n")
-        others = request.messages[:last_user] + request.messages[last_user + 1 :]
-        context.append(render_chat(others, request.tools))
+        start, end = request.last_user_span  # its part of the rendered chat; the rest is context
+        rendered = request.routing_text
+        text = rendered[start:end].removeprefix("<|user|>\n").removesuffix("\n")
+        context.append(rendered[:start] + rendered[end:])
     else:
         text = request.prompt or ""
     if not text.strip():

@@ -1,9 +1,8 @@
 """One error tree for the gateway and one translation to OpenAI-style JSON errors.
 
-Every failure the gateway can explain is a `GatewayError` carrying its HTTP status, OpenAI error
-type and whether another instance might succeed (`retryable`). `api.py` turns any of them into
-`{"error": {"message", "type", "param", "code"}}`; anything else is a bug and becomes a generic
-500 without a traceback in the body.
+Every failure the gateway can explain is a `GatewayError` carrying its HTTP status and OpenAI
+error type. `api.py` turns any of them into `{"error": {"message", "type", "param", "code"}}`;
+anything else is a bug and becomes a generic 500 without a traceback in the body.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "internal_error"
     code: str | None = None
-    retryable: bool = False
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -61,7 +59,6 @@ class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_failed"
-    retryable = True
 
 
 class UpstreamTimeoutError(UpstreamError):

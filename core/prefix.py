@@ -17,15 +17,29 @@ ROUTING_BLOCK_CHARS = 256
 
 def render_chat(messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | None = None) -> str:
     """A deterministic text rendering of a chat request: tools, then each message with its role."""
+    return render_chat_marked(messages, tools)[0]
+
+
+def render_chat_marked(
+    messages: Iterable[Mapping[str, Any]], tools: Iterable[Any] | None = None
+) -> tuple[str, tuple[int, int] | None]:
+    """`render_chat`'s text and the (start, end) of the last user message's part in it (None when
+    there is none), so the cache can split question from context without rendering again."""
     parts: list[str] = []
     if tools:
         parts.append("<|tools|>\n" + orjson.dumps(list(tools), option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    last_user: int | None = None
     for message in messages:
         text = content_text(message.get("content"))
         if message.get("tool_calls"):
             text += orjson.dumps(message["tool_calls"], option=orjson.OPT_SORT_KEYS).decode()
+        if message.get("role") == "user":
+            last_user = len(parts)
         parts.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
-    return "".join(parts)
+    if last_user is None:
+        return "".join(parts), None
+    start = sum(map(len, parts[:last_user]))
+    return "".join(parts), (start, start + len(parts[last_user]))
 
 
 def prefix_hashes(text: str, block_chars: int = ROUTING_BLOCK_CHARS) -> tuple[int, ...]:

@@ -1,9 +1,16 @@
-"""The parsed inference request that flows through the gateway (frozen, built once at ingress)."""
+"""The parsed inference request that flows through the gateway (frozen, built once at ingress).
+
+Its canonical prompt text, token count and routing prefix hashes are derived when it is built, so
+classification, the cache key, routing and cache replay all read one rendering of the prompt.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
+
+from fleetgate.core.prefix import prefix_hashes, render_chat_marked
+from fleetgate.core.tokens import count_tokens
 
 ApiKind = Literal["chat", "completions"]
 
@@ -13,7 +20,8 @@ class InferenceRequest:
     """An OpenAI chat or completions request, validated at ingress.
 
     `body` is the client's JSON as received; the proxy forwards it unchanged, so fields the
-    gateway does not model (logprobs, response_format, ...) reach vLLM untouched.
+    gateway does not model (logprobs, response_format, ...) reach vLLM untouched. The fields after
+    `arrival_s` are derived from the prompt in `__post_init__`, never passed.
     """
 
     request_id: str
@@ -31,3 +39,17 @@ class InferenceRequest:
     session_id: str | None = None  # x-session-id header, else `user`
     tenant: str = "default"  # from the API key; never shares cache entries across tenants
     arrival_s: float = 0.0
+    routing_text: str = field(init=False, repr=False, compare=False)  # chat rendered with roles and tools, or the prompt
+    last_user_span: tuple[int, int] | None = field(init=False, repr=False, compare=False)  # the last user message's part of it
+    prompt_tokens: int = field(init=False, repr=False, compare=False)
+    prefix_hashes: tuple[int, ...] = field(init=False, repr=False, compare=False)  # the routers' 256-char block keys
+
+    def __post_init__(self) -> None:
+        if self.messages is not None:
+            text, span = render_chat_marked(self.messages, self.tools)
+        else:
+            text, span = self.prompt or "", None
+        object.__setattr__(self, "routing_text", text)
+        object.__setattr__(self, "last_user_span", span)
+        object.__setattr__(self, "prompt_tokens", count_tokens(text))
+        object.__setattr__(self, "prefix_hashes", prefix_hashes(text))

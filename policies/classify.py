@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from fleetgate.cache.embed import Embedder
-from fleetgate.core.prefix import render_chat
 from fleetgate.core.profile import (
     CategorySource,
     ContextClass,
@@ -21,7 +20,6 @@ from fleetgate.core.profile import (
     WorkloadShape,
 )
 from fleetgate.core.request import InferenceRequest
-from fleetgate.core.tokens import count_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +182,11 @@ class WorkloadClassifier:
     def classify(self, request: InferenceRequest, topic: TopicMatch | None = None) -> WorkloadProfile:
         """The profile of `request`; `topic` when the caller already found it (asynchronously)."""
         config = self.config
-        messages = request.messages or ()
+        prompt_tokens = request.prompt_tokens
         if request.messages is not None:
-            prompt_tokens = count_tokens(render_chat(messages, request.tools))
-            turns = sum(1 for m in messages if m.get("role") == "user")
-            agentic = _is_agentic(request.tools, messages)
+            turns = sum(1 for m in request.messages if m.get("role") == "user")
+            agentic = _is_agentic(request.tools, request.messages)
         else:
-            prompt_tokens = count_tokens(request.prompt or "")
             turns = 1
             agentic = bool(request.tools)
         requested = request.max_tokens is not None and request.max_tokens > 0

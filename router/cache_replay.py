@@ -13,7 +13,6 @@ from typing import Any, AsyncIterator
 
 import orjson
 from fleetgate.core.plan import CacheHit
-from fleetgate.core.prefix import render_chat
 from fleetgate.core.request import InferenceRequest
 from fleetgate.core.tokens import count_tokens
 
@@ -21,8 +20,7 @@ REPLAY_CHUNK_CHARS = 64  # text per SSE chunk: a few tokens, like a real stream 
 
 
 def _usage(request: InferenceRequest, hit: CacheHit) -> dict[str, Any]:
-    prompt = render_chat(request.messages, request.tools) if request.messages is not None else request.prompt or ""
-    prompt_tokens = count_tokens(prompt)
+    prompt_tokens = request.prompt_tokens
     completion_tokens = count_tokens(hit.text)
     return {
         "prompt_tokens": prompt_tokens,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
@@ -25,9 +25,7 @@ from fleetgate.core.plan import (
     RoutePlan,
     plan_summary,
 )
-from fleetgate.core.prefix import prefix_hashes, render_chat
 from fleetgate.core.request import InferenceRequest
-from fleetgate.core.tokens import count_tokens
 from fleetgate.pools.model import Endpoint, FleetSnapshot
 from fleetgate.pools.registry import FleetRegistry
 from fleetgate.router.cache_replay import replay_body, replay_sse
@@ -37,9 +35,11 @@ from fleetgate.router.pressure import PoolPressure
 from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
 from fleetgate.router.routing.base import (
     InstanceView,
+    ResendingRouter,
     RouteDecision,
     Router,
     RouteRequest,
+    resends,
 )
 
 log = logging.getLogger("fleetgate.gateway")
@@ -59,19 +59,32 @@ class GatewayResponse:
     content_type: str = "application/json"
 
 
-@dataclass(slots=True)
 class LocalLoad:
-    """What this replica itself has in flight per instance (added to the scraped load)."""
+    """What this replica itself has in flight per instance (added to the scraped load). Attempts
+    change it through these methods as they start, get their first byte and end; routing reads it."""
 
-    inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    queued_prefill_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    __slots__ = ("_inflight", "_queued_prefill_tokens")
 
+    def __init__(self) -> None:
+        self._inflight: defaultdict[str, int] = defaultdict(int)
+        self._queued_prefill_tokens: defaultdict[str, int] = defaultdict(int)
 
-def routing_text(request: InferenceRequest) -> str:
-    """The canonical text whose prefix decides affinity (chat rendered with roles and tools)."""
-    if request.messages is not None:
-        return render_chat(request.messages, request.tools)
-    return request.prompt or ""
+    def inflight(self, instance: str) -> int:
+        return self._inflight.get(instance, 0)
+
+    def queued_prefill_tokens(self, instance: str) -> int:
+        return self._queued_prefill_tokens.get(instance, 0)
+
+    def started(self, instance: str, prompt_tokens: int) -> None:
+        self._inflight[instance] += 1
+        self._queued_prefill_tokens[instance] += prompt_tokens
+
+    def prefilled(self, instance: str, prompt_tokens: int) -> None:
+        """The prompt no longer waits for prefill there (first byte, or the attempt ended without one)."""
+        self._queued_prefill_tokens[instance] -= prompt_tokens
+
+    def ended(self, instance: str) -> None:
+        self._inflight[instance] -= 1
 
 
 class Gateway:
@@ -86,9 +99,9 @@ class Gateway:
         metrics: GatewayMetrics,
         router_factory: Callable[..., Router],
         cache: ResponseCache | None = None,
+        max_attempts: int,
+        resend_check_s: float,
         clock: Clock = monotonic_clock,
-        max_attempts: int = 3,
-        resend_check_s: float = 0.25,
     ) -> None:
         self.registry = registry
         self.planner = planner
@@ -162,11 +175,10 @@ class Gateway:
         return router
 
     def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
-        text = routing_text(request)
         return RouteRequest(
             request_id=request.request_id,
-            prefix_hashes=prefix_hashes(text),
-            prompt_tokens=plan.profile.prompt_tokens or count_tokens(text),
+            prefix_hashes=request.prefix_hashes,
+            prompt_tokens=request.prompt_tokens,
             expected_output_tokens=plan.profile.output_tokens,
             session_id=request.session_id,
             ttft_slo_s=plan.ttft_slo_s,
@@ -213,8 +225,8 @@ class Gateway:
                 waiting=(state := snapshot.state(endpoint)).waiting,
                 running=state.running,
                 kv_usage_ratio=state.kv_usage_ratio,
-                local_inflight=local.inflight[endpoint.name],
-                local_queued_prefill_tokens=local.queued_prefill_tokens[endpoint.name],
+                local_inflight=local.inflight(endpoint.name),
+                local_queued_prefill_tokens=local.queued_prefill_tokens(endpoint.name),
             )
             for endpoint in endpoints
         ]
@@ -224,9 +236,10 @@ class Gateway:
         route_request: RouteRequest, pool: str, router: Router, decision: RouteDecision,
     ) -> tuple[UpstreamResponse, "_Flight", str]:
         """Send to the decision's instances in order until one gives a first byte (bounded), and
-        return it with the route reason. A router that offers `resend` (DualMap) may move a
-        streaming request still waiting for its first byte to its other candidate, once."""
+        return it with the route reason. A `ResendingRouter` (DualMap) may move a streaming
+        request still waiting for its first byte to its other candidate, once."""
         candidates = list(decision.ordered[: self._max_attempts])
+        resender = router if request.stream and resends(router) else None  # a non-streaming first byte is the whole answer
         reason = decision.reason
         last_error: GatewayError | None = None
         attempts = 0
@@ -236,10 +249,10 @@ class Gateway:
             if attempts > 1:
                 self.metrics.retries.labels(pool).inc()
                 reason = reason if reason.endswith("+retry") else f"{reason}+retry"
-            flight = _Flight(self, router, route_request, request, endpoint, pool)
+            flight = _Flight(self, self._local, router, route_request, request, endpoint, pool)
             try:
                 upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request,
-                                                         pool, router, endpoint)
+                                                         pool, resender, endpoint)
             except UpstreamError as error:
                 self.registry.report_failure(endpoint, str(error))
                 flight.finish(ok=False, error_kind="timeout" if error.status == 504 else "refused")
@@ -260,14 +273,13 @@ class Gateway:
 
     async def _first_byte(
         self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
-        route_request: RouteRequest, pool: str, router: Router, endpoint: Endpoint,
+        route_request: RouteRequest, pool: str, resender: ResendingRouter | None, endpoint: Endpoint,
     ) -> tuple[UpstreamResponse | None, RouteDecision | None]:
-        """The instance's first byte, or (None, decision) when the router moved the request away
+        """The instance's first byte, or (None, decision) when `resender` moved the request away
         while it was still queued there (the request at `endpoint` is cancelled)."""
         opening = self.upstream.open(endpoint.url + _API_PATHS[request.api], raw_body, forward_headers,
                                      stream=request.stream)
-        resend = getattr(router, "resend", None)
-        if resend is None or not request.stream:  # a non-streaming first byte is the whole answer
+        if resender is None:
             return await opening, None
         task = asyncio.ensure_future(opening)
         try:
@@ -276,7 +288,7 @@ class Gateway:
                 if done:
                     return task.result(), None
                 snapshot = self.registry.snapshot
-                moved = resend(route_request, endpoint, self._views(snapshot, snapshot.healthy(pool)), self.clock())
+                moved = resender.resend(route_request, endpoint, self._views(snapshot, snapshot.healthy(pool)), self.clock())
                 if moved is not None and moved.chosen != endpoint:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, UpstreamError):
@@ -349,12 +361,13 @@ class Gateway:
 class _Flight:
     """Bookkeeping of one attempt at one instance: local load, router callbacks, metrics."""
 
-    __slots__ = ("_gateway", "_router", "_route_request", "_api", "_arrival_s", "endpoint", "pool",
+    __slots__ = ("_gateway", "_local", "_router", "_route_request", "_api", "_arrival_s", "endpoint", "pool",
                  "_first_s", "_last_s", "_events", "_finished")
 
-    def __init__(self, gateway: Gateway, router: Router, route_request: RouteRequest,
+    def __init__(self, gateway: Gateway, local: LocalLoad, router: Router, route_request: RouteRequest,
                  request: InferenceRequest, endpoint: Endpoint, pool: str) -> None:
         self._gateway = gateway
+        self._local = local
         self._router = router
         self._route_request = route_request
         self._api = request.api
@@ -366,16 +379,14 @@ class _Flight:
         self._events = 0
         self._finished = False
         now_s = gateway.clock()
-        local = gateway._local
-        local.inflight[endpoint.name] += 1
-        local.queued_prefill_tokens[endpoint.name] += route_request.prompt_tokens
+        local.started(endpoint.name, route_request.prompt_tokens)
         gateway.metrics.inflight.labels(pool, endpoint.name).inc()
         router.on_dispatch(route_request, endpoint, now_s)
 
     def first_byte(self) -> None:
         now_s = self._gateway.clock()
         self._first_s = self._last_s = now_s
-        self._gateway._local.queued_prefill_tokens[self.endpoint.name] -= self._route_request.prompt_tokens
+        self._local.prefilled(self.endpoint.name, self._route_request.prompt_tokens)
         self._gateway.metrics.ttft.labels(self.pool, self.endpoint.name).observe(now_s - self._arrival_s)
         self._gateway.observe_ttft(self.pool, now_s - self._arrival_s, self._route_request.ttft_slo_s)
         self._router.on_first_token(self._route_request, self.endpoint, now_s)
@@ -390,9 +401,9 @@ class _Flight:
         self._finished = True
         gateway, name = self._gateway, self.endpoint.name
         now_s = gateway.clock()
-        gateway._local.inflight[name] -= 1
+        self._local.ended(name)
         if self._first_s is None:
-            gateway._local.queued_prefill_tokens[name] -= self._route_request.prompt_tokens
+            self._local.prefilled(name, self._route_request.prompt_tokens)
         metrics = gateway.metrics
         metrics.inflight.labels(self.pool, name).dec()
         if error_kind is not None:

@@ -10,15 +10,15 @@ Routers keep only replica-local state (ring layouts, an approximate prefix tree,
 are told what happened through `on_dispatch` / `on_first_token` / `on_finish`; two replicas never
 talk. The same router objects drive the gateway and the discrete-event simulator.
 
-A router may also offer `resend(request, current, instances, now_s) -> RouteDecision | None`
-(DualMap does): while a streaming request still waits for its first byte at `current`, the
-gateway asks it every `resend_check_s` whether to cancel it there and send it elsewhere.
+A router may also be a `ResendingRouter` (DualMap is): while a streaming request still waits for
+its first byte at one instance, the gateway asks it every `resend_check_s` whether to cancel it
+there and send it elsewhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, TypeGuard, runtime_checkable
 
 from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.pools.model import Endpoint
@@ -94,3 +94,27 @@ class Router(Protocol):
     def on_finish(self, request: RouteRequest, endpoint: Endpoint, now_s: float, ok: bool) -> None:
         """The request ended at `endpoint` (`ok` False on error, abort or cancel)."""
         ...
+
+
+@runtime_checkable
+class ResendingRouter(Router, Protocol):
+    """A router that can move a request still queued at one instance to another (cancel-and-resend)."""
+
+    def resend(
+        self, request: RouteRequest, current: Endpoint, instances: Sequence[InstanceView], now_s: float
+    ) -> RouteDecision | None:
+        """Where to send `request` instead of `current`, where it has no first token yet; None: stay."""
+        ...
+
+
+_RESENDS: dict[type, bool] = {}
+
+
+def resends(router: Router) -> TypeGuard[ResendingRouter]:
+    """`isinstance(router, ResendingRouter)`, decided once per router class: a runtime Protocol
+    check walks every member (~25 us on Python 3.11), too much for each streaming request."""
+    kind = type(router)
+    known = _RESENDS.get(kind)
+    if known is None:
+        known = _RESENDS[kind] = isinstance(router, ResendingRouter)
+    return known

@@ -1,4 +1,5 @@
-"""Pure pieces of the gateway: request parsing, metrics scraping, completion extraction, errors."""
+"""Pure pieces of the gateway: request parsing, metrics scraping, completion extraction, errors,
+local load bookkeeping, router capabilities."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from fleetgate.core.errors import (
 )
 from fleetgate.pools.scrape import parse_vllm_metrics
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
+from fleetgate.router.gateway import LocalLoad
 from fleetgate.router.ingress import parse_inference_request
+from fleetgate.router.routing.base import ResendingRouter, resends
+from fleetgate.router.routing.registry import ROUTER_NAMES, make_router
 
 
 def parse(body: object, api: str = "chat", headers: dict[str, str] | None = None):
@@ -60,7 +64,7 @@ def test_errors_have_openai_shape_and_status() -> None:
     body = ModelNotFoundError("no such model", param="model").to_body()
     assert body == {"error": {"message": "no such model", "type": "invalid_request_error", "param": "model",
                               "code": "model_not_found"}}
-    assert UpstreamTimeoutError("slow").status == 504 and UpstreamTimeoutError("slow").retryable
+    assert UpstreamTimeoutError("slow").status == 504
 
 
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -111,3 +115,23 @@ def test_body_extraction_for_both_apis() -> None:
     text = {"choices": [{"index": 0, "text": "abc", "finish_reason": "stop"}]}
     assert completion_from_body("completions", orjson.dumps(text)) == ("abc", "stop")
     assert completion_from_body("chat", b"{}") is None
+
+
+def test_local_load_counts_an_attempt_from_start_to_end() -> None:
+    local = LocalLoad()
+    local.started("i0", 500)
+    local.started("i0", 100)
+    assert (local.inflight("i0"), local.queued_prefill_tokens("i0")) == (2, 600)
+    local.prefilled("i0", 500)  # its first byte came
+    assert (local.inflight("i0"), local.queued_prefill_tokens("i0")) == (2, 100)
+    local.ended("i0")
+    local.prefilled("i0", 100)  # ended without a first byte
+    local.ended("i0")
+    assert (local.inflight("i0"), local.queued_prefill_tokens("i0"), local.inflight("i1")) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("name", ROUTER_NAMES)
+def test_only_dualmap_declares_it_can_resend(name: str) -> None:
+    router = make_router(name)
+    assert isinstance(router, ResendingRouter) == (name == "dualmap")
+    assert resends(router) == (name == "dualmap") and resends(make_router(name)) == (name == "dualmap")
