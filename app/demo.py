@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
+from fleetgate.policies.load import BUILTIN_POLICY
 from fleetgate.loadgen.replay import (
     ReplayConfig,
     RequestResult,
@@ -92,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir: Path = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    trace_path = resources.files("loadgen") / "data" / "mooncake_demo.jsonl"
+    trace_path = resources.files("fleetgate.loadgen") / "data" / "mooncake_demo.jsonl"
     trace = read_trace(Path(str(trace_path)), "mooncake", limit=args.max_requests)
-    policy = args.policy or str(resources.files("policies") / "default.yaml")
+    policy = args.policy or str(BUILTIN_POLICY)
     url = f"http://127.0.0.1:{args.port}"
     print(f"Fleetgate demo: {len(trace.requests)} Mooncake requests, fleet of "
           + ", ".join(f"{c}x {g.upper()} ({p})" for p, _, g, c in DEMO_POOLS)

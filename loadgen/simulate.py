@@ -36,7 +36,7 @@ from fleetgate.pools.emulator.engine import (
 )
 from fleetgate.pools.model import Endpoint
 from fleetgate.pools.profiles import GpuProfile, get_profile
-from fleetgate.router.routing.base import InstanceView, Router, RouteRequest
+from fleetgate.router.routing.base import InstanceView, Router, RouteRequest, resends
 from fleetgate.router.routing.registry import make_router
 
 log = logging.getLogger("fleetgate.loadgen.simulate")
@@ -203,7 +203,7 @@ class Simulation:
         if config.router == "power-of-two":
             params.setdefault("seed", config.seed)
         self.router: Router = make_router(config.router, **params)
-        self._resend = getattr(self.router, "resend", None)
+        self._resender = self.router if resends(self.router) else None
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._route_requests: dict[str, RouteRequest] = {}
@@ -298,7 +298,7 @@ class Simulation:
         for inst in self.instances:
             stats = inst.engine.stats()
             inst.scraped = (stats.waiting, stats.running, stats.kv_usage_ratio)
-        if self._resend is not None:
+        if self._resender is not None:
             self._consider_resends(now)
 
     def _consider_resends(self, now: float) -> None:
@@ -308,7 +308,7 @@ class Simulation:
             for request_id, request in list(inst.queued.items()):
                 if request_id in stepping:
                     continue  # its first token is already on its way
-                decision = self._resend(request, inst.endpoint, views, now)
+                decision = self._resender.resend(request, inst.endpoint, views, now)
                 if decision is None:
                     continue
                 if inst.engine.abort(request_id, now) is None:

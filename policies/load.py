@@ -31,6 +31,9 @@ class LoadedPolicy:
     warnings: tuple[Finding, ...] = ()
 
 
+BUILTIN_POLICY = Path(__file__).with_name("default.yaml")
+"""The policy shipped in the package (documented line by line): what the demo and the tools use by default."""
+
 def _line_index(text: str) -> dict[str, int]:
     """YAML path -> 1-based line of the key (or item) that starts it."""
     try:

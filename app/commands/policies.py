@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
-DEFAULT_CASES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "semantic_router" / "cache_cases.json"
+from fleetgate.policies.load import BUILTIN_POLICY
+
+DEFAULT_CASES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "semantic_router" / "cache_cases.json"
 EMBEDDERS = ("minilm", "hashing", "none")
 
 
@@ -46,7 +47,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         description="Classify every question of a labelled cases file with the policy's keywords and exemplars and "
         "print the accuracy and the confusion table. The label 'other' means the policy's default category.",
     )
-    topics.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="policy YAML (default: the built-in policy)")
+    topics.add_argument("--policy", type=Path, default=BUILTIN_POLICY, help="policy YAML (default: the built-in policy)")
     topics.add_argument("--cases", type=Path, default=DEFAULT_CASES, help=f"labelled questions (default: {DEFAULT_CASES})")
     topics.add_argument("--embedder", choices=EMBEDDERS[:2], default="minilm", help="embedder (default: minilm, the real model)")
     topics.set_defaults(func=_eval_topics)
@@ -58,7 +59,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "long document): signals only (the baseline), with keyword topics, and the nearest-exemplar embedding "
         "with the real model. Prints the median over runs.",
     )
-    classify.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="policy whose categories are used")
+    classify.add_argument("--policy", type=Path, default=BUILTIN_POLICY, help="policy whose categories are used")
     classify.add_argument("--requests", type=int, default=4000, help="classifications per run (default 4000)")
     classify.add_argument("--runs", type=int, default=5, help="runs; the median is printed (default 5)")
     classify.add_argument("--embeddings", type=int, default=100, help="single-text embeddings timed (0 skips the model)")

@@ -15,7 +15,7 @@ from fleetgate.loadgen.simulate import (
 )
 from fleetgate.loadgen.traces import TraceRequest
 from fleetgate.pools.emulator.engine import EngineStats, RequestStats, StepOutput
-from fleetgate.router.routing.base import RouteDecision
+from fleetgate.router.routing.base import RouteDecision, resends
 from fleetgate.router.routing.common import NoHooks, decide
 
 PREFILL_S_PER_TOKEN = 0.001
@@ -134,7 +134,7 @@ class SpyRouter(NoHooks):
 
 def spy_run(router, requests, instances=2):
     sim = Simulation(requests, SimConfig(router="round-robin", instances=instances), engine_factory=FakeEngine)
-    sim.router, sim._resend = router, getattr(router, "resend", None)
+    sim.router, sim._resender = router, (router if resends(router) else None)
     return sim, sim.run()
 
 
