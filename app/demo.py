@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
-from fleetgate.policies.load import BUILTIN_POLICY
 from fleetgate.loadgen.replay import (
     ReplayConfig,
     RequestResult,
@@ -30,6 +29,7 @@ from fleetgate.loadgen.replay import (
 )
 from fleetgate.loadgen.report import format_table, write_run
 from fleetgate.loadgen.traces import read_trace
+from fleetgate.policies.load import BUILTIN_POLICY
 from fleetgate.pools.config import (
     FleetConfig,
     InstanceConfig,

@@ -15,21 +15,10 @@ import shutil
 import socket
 from typing import Any
 
-from fleetgate.app.compose import GatewaySettings, build_asgi_app
-from pydantic import ConfigDict, Field
+from fleetgate.app.compose import build_asgi_app
+from fleetgate.app.settings import LOOPBACK, GatewaySettings, ServeSettings
 from ray import serve
 from ray.serve import Application
-
-
-class ServeArgs(GatewaySettings):
-    """`build_app` arguments: the gateway settings plus how many replicas to run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=1000, ge=1)
-    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a replica being "
-                                               "replaced may finish its in-flight streams")
 
 
 @serve.ingress()
@@ -45,8 +34,7 @@ class GatewayIngress:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Ray Serve application builder (`import_path: fleetgate.app.serve:build_app` in serve.yaml)."""
-    serve_args = ServeArgs(**args)
-    settings = GatewaySettings(**serve_args.model_dump(exclude={"num_replicas", "max_ongoing_requests", "graceful_shutdown_timeout_s"}))
+    serve_args = ServeSettings(**args)
     deployment = serve.deployment(
         GatewayIngress,
         name="fleetgate",
@@ -55,7 +43,7 @@ def build_app(args: dict[str, Any]) -> Application:
         graceful_shutdown_timeout_s=serve_args.graceful_shutdown_timeout_s,
         ray_actor_options={"num_cpus": 0},
     )
-    return deployment.bind(settings.model_dump())
+    return deployment.bind(serve_args.narrowed(GatewaySettings).model_dump())
 
 
 def haproxy_mode(prefer: bool | None = None) -> bool:
@@ -80,15 +68,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_local(args: dict[str, Any], *, port: int, num_cpus: int | None = None,
+def start_local(args: dict[str, Any], *, port: int, host: str = LOOPBACK, num_cpus: int | None = None,
                 haproxy: bool | None = None) -> bool:
-    """Start a small local Ray (no dashboard), Serve on 127.0.0.1:`port`, and the gateway.
-    `haproxy` None picks HAProxy mode when available. Returns whether HAProxy mode is on."""
+    """Start a small local Ray (no dashboard), Serve on `host`:`port`, and the gateway built from
+    `args` (`build_app`'s). `haproxy` None picks HAProxy mode when available. Returns whether
+    HAProxy mode is on."""
     import ray
 
     use_haproxy = haproxy_mode(haproxy)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name="fleetgate", route_prefix="/", blocking=False)
     return use_haproxy
 

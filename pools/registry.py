@@ -26,16 +26,16 @@ log = logging.getLogger("fleetgate.pools")
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy:
-    probe_interval_s: float = 0.5
-    probe_timeout_s: float = 1.0
-    eject_cooldown_s: float = 1.0
+    probe_interval_s: float
+    probe_timeout_s: float
+    eject_cooldown_s: float
 
 
 class FleetRegistry:
     """Owns the current `FleetSnapshot` of one gateway process."""
 
     def __init__(self, pools: Mapping[str, Pool], *, clock: Clock = monotonic_clock,
-                 policy: HealthPolicy = HealthPolicy()) -> None:
+                 policy: HealthPolicy) -> None:
         self._clock = clock
         self._policy = policy
         self._ejected_until_s: dict[str, float] = {}

@@ -20,10 +20,12 @@ from fleetgate.core.errors import UpstreamError, UpstreamTimeoutError
 
 @dataclass(frozen=True, slots=True)
 class ProxyTimeouts:
-    connect_s: float = 2.0
-    first_byte_s: float = 60.0  # streaming: queueing + prefill of one request
-    nonstream_response_s: float = 600.0  # non-streaming: the whole generation is the first byte
-    idle_s: float = 60.0  # between two chunks of a stream
+    """Per-phase limits, all stated by the caller: their defaults live with the gateway settings."""
+
+    connect_s: float
+    first_byte_s: float  # streaming: queueing + prefill of one request
+    nonstream_response_s: float  # non-streaming: the whole generation is the first byte
+    idle_s: float  # between two chunks of a stream
 
 
 class UpstreamResponse:
@@ -63,11 +65,15 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """One shared, pooled HTTP client for every instance this process talks to."""
+    """The pooled HTTP clients for every instance this process talks to: `session` for requests, at
+    most `connections_per_instance` open to one instance (more wait for one), and `probe_session`
+    for health probes and scrapes, which must not queue behind the streams they judge."""
 
-    def __init__(self, timeouts: ProxyTimeouts = ProxyTimeouts()) -> None:
+    def __init__(self, timeouts: ProxyTimeouts, *, connections_per_instance: int) -> None:
         self.timeouts = timeouts
+        self.connections_per_instance = connections_per_instance
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -75,18 +81,27 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
+    @property
+    def probe_session(self) -> aiohttp.ClientSession:
+        if self._probe_session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._probe_session
+
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.connections_per_instance,
+                                         keepalive_timeout=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
             auto_decompress=False,
         )
+        self._probe_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
+        self._session = self._probe_session = None
 
     async def open(self, url: str, body: bytes, headers: Mapping[str, str], *, stream: bool) -> UpstreamResponse:
         """POST `body` to `url` and wait for the first chunk. Raises `UpstreamError` (retryable)

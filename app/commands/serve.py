@@ -1,33 +1,80 @@
-"""`fleetgate serve` (the gateway on Ray Serve, or bare) and `fleetgate bench overhead`."""
+"""`fleetgate serve` (the gateway on Ray Serve, or bare) and `fleetgate bench overhead`.
+
+Its flags are generated from the settings model (app/settings.py), so every setting has one and
+its help is the setting's own description.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import threading
-from typing import Any
+from typing import Any, Mapping
+
+from fleetgate.app.settings import (
+    ENV_PREFIX,
+    GatewaySettings,
+    ServeCommandSettings,
+    is_sequence,
+    resolve,
+    scalar_type,
+)
+from fleetgate.core.yamlconf import ConfigError
+from pydantic import BaseModel, ValidationError
+
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"num_replicas": ("--replicas",)}
+"""Older spellings kept working next to the generated `--kebab-case` flag."""
+
+DESCRIPTION = (
+    "Run the Fleetgate gateway. Point OpenAI clients at http://HOST:PORT/v1. Give the fleet as a fleet "
+    "file (--fleet) or, for a quick start, a list of vLLM URLs serving one model (--worker-urls ... --model NAME). "
+    "Each setting is taken from the first of: its flag; the environment variable FLEETGATE_<SETTING> "
+    "(e.g. FLEETGATE_ROUTER=round-robin; a list separated by spaces); the --config file; its default. "
+    "A fleet named by one of these (fleet or worker_urls) replaces the fleet of those after it."
+)
 
 
-def _serve_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings from --config (a Ray Serve config or a bare args mapping) overlaid with flags."""
-    settings: dict[str, Any] = {}
-    if args.config:
-        from fleetgate.core.yamlconf import load_yaml
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-        document = load_yaml(args.config)
-        applications = document.get("applications") if isinstance(document, dict) else None
-        settings.update(applications[0].get("args", {}) if applications else document)
-    if args.fleet:
-        settings["fleet"] = args.fleet
-    if args.worker_urls:
-        settings.update(worker_urls=args.worker_urls, model=args.model, gpu=args.gpu)
-        settings.pop("fleet", None)
-    for flag in ("router", "ttft_slo_ms", "policy", "redis_url"):
-        if getattr(args, flag) is not None:
-            settings[flag] = getattr(args, flag)
-    if args.replicas is not None:
-        settings["num_replicas"] = args.replicas
-    return settings
+
+def add_setting_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field of `model`, absent from the parsed namespace unless given on the line."""
+    group = parser.add_argument_group("settings", "flag > FLEETGATE_<SETTING> > --config file > default")
+    for name, field in model.model_fields.items():
+        shown = "none" if field.default in (None, ()) else field.default
+        options: dict[str, Any] = {
+            "dest": name, "default": argparse.SUPPRESS,
+            "help": f"{field.description} (default: {shown}; {ENV_PREFIX}{name.upper()})".replace("%", "%%"),
+        }
+        kind = scalar_type(field)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if is_sequence(field):
+                options["nargs"] = "+"
+        group.add_argument(flag(name), *FLAG_ALIASES.get(name, ()), **options)
+
+
+def command_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeCommandSettings:
+    """`fleetgate serve`'s settings from its parsed command line, `environ` and its --config file."""
+    flags = {name: getattr(args, name) for name in ServeCommandSettings.model_fields if hasattr(args, name)}
+    return resolve(ServeCommandSettings, flags=flags, environ=environ, config=args.config)
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, naming the setting as its field, flag and environment variable."""
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        if name in ServeCommandSettings.model_fields:
+            name += f" ({flag(name)}, {ENV_PREFIX}{name.upper()})"
+        where = f"{name}: " if name else ""
+        lines.append(f"  {where}{problem['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
 
 
 def _wait_for_ctrl_c() -> None:
@@ -38,28 +85,26 @@ def _wait_for_ctrl_c() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    settings = _serve_args(args)
     try:
-        from fleetgate.app.serve import ServeArgs
-
-        ServeArgs(**settings)
+        settings = command_settings(args, os.environ)
+        settings.fleet_config()  # a broken fleet file fails here, not in every replica
+    except ConfigError as error:
+        print(f"fleetgate serve: {error}", file=sys.stderr)
+        return 2
     except ValidationError as error:
-        print(f"fleetgate serve: invalid settings:\n{error}")
+        print(f"fleetgate serve: invalid settings:\n{describe(error)}", file=sys.stderr)
         return 2
     if args.bare:
         import uvicorn
-        from fleetgate.app.compose import GatewaySettings, build_asgi_app
+        from fleetgate.app.compose import build_asgi_app
 
-        settings.pop("num_replicas", None)
-        app = build_asgi_app(GatewaySettings(**settings))
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+        app = build_asgi_app(settings.narrowed(GatewaySettings))
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
         return 0
     from fleetgate.app.serve import start_local, stop_local
 
-    haproxy = start_local(settings, port=args.port)
-    print(f"Fleetgate on Ray Serve at http://127.0.0.1:{args.port}/v1 "
+    haproxy = start_local(settings.serve_args(), host=settings.host, port=settings.port)
+    print(f"Fleetgate on Ray Serve at http://{settings.host}:{settings.port}/v1 "
           f"({'HAProxy' if haproxy else 'Python'} proxy); Ctrl-C stops it.", flush=True)
     try:
         _wait_for_ctrl_c()
@@ -78,28 +123,14 @@ def _bench_overhead(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `commands` and its benchmarks to `bench`."""
     serve = commands.add_parser(
-        "serve",
-        help="run the gateway (OpenAI API on 127.0.0.1) in front of a fleet",
-        description=(
-            "Run the Fleetgate gateway. Point OpenAI clients at http://127.0.0.1:PORT/v1. "
-            "Give the fleet as a fleet file (--fleet), a Ray Serve config (--config), or for a quick "
-            "start a list of vLLM URLs serving one model (--worker-urls ... --model NAME)."
-        ),
+        "serve", help="run the gateway (OpenAI API, on 127.0.0.1 unless told otherwise) in front of a fleet",
+        description=DESCRIPTION,
     )
-    serve.add_argument("--config", help="Ray Serve config (e.g. deploy/serve.yaml); its args are the gateway settings")
-    serve.add_argument("--fleet", help="fleet file with pools and instances (e.g. deploy/fleet.example.yaml)")
-    serve.add_argument("--worker-urls", nargs="+", metavar="URL", help="quick start: vLLM base URLs of one pool")
-    serve.add_argument("--model", help="quick start: the model name the worker URLs serve")
-    serve.add_argument("--gpu", default="h100", help="quick start: GPU profile of the workers (h100, a100, l4)")
-    serve.add_argument("--policy", help="policy YAML: workload rules -> pools, SLOs, cache (e.g. policies/default.yaml); "
-                       "hot-reloaded when the file changes")
-    serve.add_argument("--redis-url", help="keep semantic cache documents in Redis (shared by replicas), "
-                       "e.g. redis://127.0.0.1:6379/0; default: in memory")
-    serve.add_argument("--router", help="routing algorithm without a policy: dualmap (default), round-robin, ...")
-    serve.add_argument("--ttft-slo-ms", type=float, help="TTFT SLO used by dualmap's fallback when no policy sets one")
-    serve.add_argument("--replicas", type=int, help="gateway replicas on Ray Serve (default 1)")
-    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
-    serve.add_argument("--bare", action="store_true", help="run the ASGI app under uvicorn, without Ray (one process)")
+    serve.add_argument("--config", help="settings file: a Ray Serve config (e.g. deploy/serve.yaml: its first "
+                       "application's args, and http_options' host and port) or a plain mapping of settings")
+    serve.add_argument("--bare", action="store_true", help="run the ASGI app under uvicorn in this process, "
+                       "without Ray (the Ray Serve settings are then unused)")
+    add_setting_flags(serve, ServeCommandSettings)
     serve.set_defaults(func=_serve)
     overhead = bench.add_parser(
         "overhead",

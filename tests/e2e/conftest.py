@@ -1,12 +1,21 @@
-"""One Ray (and Ray Serve) per test session, in front of emulated instances running in a thread."""
+"""One Ray (and Ray Serve) per test session, in front of emulated instances running in a thread.
+
+The gateway is deployed from deploy/serve.yaml read as `fleetgate serve --config` reads it, with the
+fleet replaced by the emulated one and a free port, so the shipped config is what these tests run."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
+from fleetgate.app.cli import build_parser
+from fleetgate.app.commands.serve import command_settings
+from fleetgate.app.settings import ServeCommandSettings
 from support.gateway import MODEL, emulators
 from support.servers import free_port, in_thread
+
+SERVE_YAML = Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -17,14 +26,20 @@ def fleet() -> Iterator[tuple[list, object]]:
 
 
 @pytest.fixture(scope="session")
-def serve_url(fleet: tuple[list, object]) -> Iterator[str]:
+def serve_settings(fleet: tuple[list, object]) -> ServeCommandSettings:
+    servers, _loop = fleet
+    args = build_parser().parse_args(["serve", "--config", str(SERVE_YAML), "--worker-urls", *[s.url for s in servers],
+                                      "--model", MODEL, "--port", str(free_port())])
+    return command_settings(args, environ={})
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_settings: ServeCommandSettings) -> Iterator[str]:
     from fleetgate.app.serve import start_local, stop_local
 
-    servers, _loop = fleet
-    port = free_port()
-    start_local({"worker_urls": [s.url for s in servers], "model": MODEL, "router": "dualmap", "num_replicas": 2},
-                port=port, num_cpus=2, haproxy=False)  # Ray's HAProxy binds stats ports on all interfaces
+    start_local(serve_settings.serve_args(), host=serve_settings.host, port=serve_settings.port,
+                num_cpus=2, haproxy=False)  # Ray's HAProxy binds stats ports on all interfaces
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{serve_settings.host}:{serve_settings.port}"
     finally:
         stop_local()

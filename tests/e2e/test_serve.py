@@ -1,4 +1,4 @@
-"""End to end through real Ray Serve (two gateway replicas) with the official openai client."""
+"""End to end through real Ray Serve (deploy/serve.yaml: two gateway replicas) with the official openai client."""
 
 from __future__ import annotations
 
@@ -8,11 +8,23 @@ import time
 import aiohttp
 import openai
 import pytest
+from fleetgate.app.settings import ServeCommandSettings
 from support.gateway import MODEL
 
 pytestmark = pytest.mark.e2e
 
 CHAT = [{"role": "user", "content": "Name three routing algorithms."}]
+
+
+async def test_the_deployment_is_the_one_deploy_serve_yaml_describes(serve_url: str,
+                                                                     serve_settings: ServeCommandSettings) -> None:
+    from ray import serve
+
+    assert (serve_settings.router, serve_settings.num_replicas) == ("dualmap", 2)  # from the file
+    deployment = serve.status().applications["fleetgate"].deployments["fleetgate"]
+    assert deployment.replica_states.get("RUNNING") == serve_settings.num_replicas
+    async with aiohttp.ClientSession() as client, client.get(serve_url + "/v1/models") as response:
+        assert [model["id"] for model in (await response.json())["data"]] == [MODEL]
 
 
 async def test_openai_client_through_ray_serve(serve_url: str, fleet) -> None:  # noqa: ANN001

@@ -7,7 +7,8 @@ import contextlib
 import time
 from typing import Any, AsyncIterator, Callable
 
-from fleetgate.app.compose import GatewaySettings, build_asgi_app
+from fleetgate.app.compose import build_asgi_app
+from fleetgate.app.settings import GatewaySettings
 from fleetgate.pools.emulator.server import EmulatorServer
 from fleetgate.router.routing.registry import make_router
 

@@ -9,6 +9,7 @@ import threading
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import uvicorn
+from aiohttp import web
 
 T = TypeVar("T")
 
@@ -37,6 +38,19 @@ async def serve_asgi(app: Any, port: int | None = None) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def serve_aiohttp(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp `app` in the running loop on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.contextmanager

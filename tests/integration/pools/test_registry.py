@@ -54,7 +54,7 @@ async def test_probe_scrape_eject_and_readmit(two_instances) -> None:  # noqa: A
     fakes, urls = two_instances
     clock = ManualClock(100.0)
     registry = FleetRegistry(single_pool_fleet(urls, "m").to_pools(), clock=clock,
-                             policy=HealthPolicy(eject_cooldown_s=1.0))
+                             policy=HealthPolicy(probe_interval_s=0.5, probe_timeout_s=1.0, eject_cooldown_s=1.0))
     a, b = registry.endpoints
     async with aiohttp.ClientSession() as session:
         fakes[0].waiting = 7
@@ -78,6 +78,6 @@ async def test_probe_scrape_eject_and_readmit(two_instances) -> None:  # noqa: A
 
 async def test_unreachable_instance_is_unhealthy_not_an_error() -> None:
     registry = FleetRegistry(single_pool_fleet(["http://127.0.0.1:9"], "m").to_pools(),
-                             policy=HealthPolicy(probe_timeout_s=0.5))
+                             policy=HealthPolicy(probe_interval_s=0.5, probe_timeout_s=0.5, eject_cooldown_s=1.0))
     async with aiohttp.ClientSession() as session:
         assert (await registry.refresh(session)).healthy("default") == ()

@@ -17,7 +17,7 @@ from fleetgate.core.plan import CacheHit, CacheLookup, CacheMiss, RoutePlan
 from fleetgate.core.request import InferenceRequest
 from fleetgate.policies.static_planner import StaticPlanner
 from fleetgate.pools.model import Endpoint, Pool
-from fleetgate.pools.registry import FleetRegistry
+from fleetgate.pools.registry import FleetRegistry, HealthPolicy
 from fleetgate.router.gateway import Gateway
 from fleetgate.router.ingress import parse_inference_request
 from fleetgate.router.metrics import GatewayMetrics
@@ -130,7 +130,7 @@ async def serve(stream: bool, cache: FakeCache) -> tuple[InferenceRequest, bytes
     endpoints = tuple(Endpoint(f"e{i}", f"http://e{i}", "p", "m") for i in range(2))
     pools = {"p": Pool("p", "m", endpoints)}
     router = RecordingDualMap()
-    gateway = Gateway(registry=FleetRegistry(pools), planner=CachingPlanner(pools, "dualmap"), upstream=FakeUpstream(),
+    gateway = Gateway(registry=FleetRegistry(pools, policy=HealthPolicy(probe_interval_s=0.5, probe_timeout_s=1.0, eject_cooldown_s=1.0)), planner=CachingPlanner(pools, "dualmap"), upstream=FakeUpstream(),
                       metrics=GatewayMetrics(CollectorRegistry()), router_factory=lambda _name, **_: router,
                       cache=cache, max_attempts=2, resend_check_s=0.05)
     raw = orjson.dumps({**BODY, "stream": stream})

