@@ -15,6 +15,12 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
 from fleetgate.core.errors import (
     GatewayError,
     InvalidRequestError,
@@ -24,11 +30,6 @@ from fleetgate.core.errors import (
 from fleetgate.core.request import ApiKind
 from fleetgate.router.gateway import Gateway, GatewayResponse
 from fleetgate.router.ingress import parse_inference_request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 log = logging.getLogger("fleetgate.api")
 

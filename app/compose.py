@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from prometheus_client import CollectorRegistry
+
 from fleetgate.app.api import create_app
 from fleetgate.app.settings import GatewaySettings
 from fleetgate.core.errors import InvalidRequestError
@@ -26,7 +28,6 @@ from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.proxy import ProxyTimeouts, UpstreamClient
 from fleetgate.router.routing.base import Router
 from fleetgate.router.routing.registry import make_router
-from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
     from fleetgate.cache.semantic import SemanticCache

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
 from fleetgate.loadgen.replay import (
     ReplayConfig,
@@ -88,8 +89,9 @@ def _run_settings(label: str, fleet_file: Path, policy: str | None) -> dict[str,
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetgate.app.serve import build_app, start_local, stop_local
     from ray import serve
+
+    from fleetgate.app.serve import build_app, start_local, stop_local
 
     out_dir: Path = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import aiohttp
+
 from fleetgate.app.serve import start_local, stop_local
 from fleetgate.core.defaults import DEFAULT_GPU
 

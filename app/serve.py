@@ -15,10 +15,11 @@ import shutil
 import socket
 from typing import Any
 
-from fleetgate.app.compose import build_asgi_app
-from fleetgate.app.settings import LOOPBACK, GatewaySettings, ServeSettings
 from ray import serve
 from ray.serve import Application
+
+from fleetgate.app.compose import build_asgi_app
+from fleetgate.app.settings import LOOPBACK, GatewaySettings, ServeSettings
 
 
 @serve.ingress()

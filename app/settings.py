@@ -14,10 +14,6 @@ from functools import reduce
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from fleetgate.core.defaults import DEFAULT_GPU
-from fleetgate.core.yamlconf import ConfigError, load_yaml
-from fleetgate.pools.config import FleetConfig, load_fleet, single_pool_fleet
-from fleetgate.router.routing.registry import ROUTER_NAMES
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,6 +23,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+
+from fleetgate.core.defaults import DEFAULT_GPU
+from fleetgate.core.yamlconf import ConfigError, load_yaml
+from fleetgate.pools.config import FleetConfig, load_fleet, single_pool_fleet
+from fleetgate.router.routing.registry import ROUTER_NAMES
 
 LOOPBACK = "127.0.0.1"
 ENV_PREFIX = "FLEETGATE_"

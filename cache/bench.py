@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
+
 from fleetgate.cache.embed import Embedder
 from fleetgate.cache.index import VectorIndex
 from fleetgate.cache.index_bench import paraphrase_queries, synthetic_embeddings
-from tqdm import tqdm
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+
 from fleetgate.cache.index import Namespace, NamespacedIndex, VectorIndex
 from fleetgate.cache.store import DocumentHead
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
 from fleetgate.cache.embed import Embedder
 from fleetgate.cache.index import VectorIndex
 from fleetgate.cache.keys import normalise

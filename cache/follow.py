@@ -9,6 +9,7 @@ import contextlib
 import logging
 
 import numpy as np
+
 from fleetgate.cache.entries import Entries, embedded, outlived
 from fleetgate.cache.index import Namespace, VectorIndex
 from fleetgate.cache.stats import CacheStats

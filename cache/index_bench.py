@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+
 from fleetgate.cache.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_M
 
 LIBRARIES = ("hnswlib", "usearch", "faiss")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 import xxhash
+
 from fleetgate.cache.index import Namespace
 from fleetgate.core.request import InferenceRequest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from fleetgate.cache.entries import Entries, Entry, outlived
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.rules import fits

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+
 from fleetgate.cache.adaptive import LoadAdaptation, longest_ttl
 from fleetgate.cache.coalesce import DEFAULT_COALESCE_TIMEOUT_S, Coalescer
 from fleetgate.cache.embed import AsyncBatchingEmbedder

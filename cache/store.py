@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
 from fleetgate.cache.index import Namespace
 from fleetgate.core.clock import Clock, monotonic_clock
-from pydantic import BaseModel, ConfigDict
 
 log = logging.getLogger("fleetgate.cache")
 

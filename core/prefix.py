@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import orjson
+
 from fleetgate.core.tokens import chain_hashes, content_text
 
 ROUTING_BLOCK_CHARS = 256

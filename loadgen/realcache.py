@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import aiohttp
+
 from fleetgate.loadgen.replay import ReplayConfig, replay_trace
 from fleetgate.loadgen.traces import (
     TraceRequest,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 import aiohttp
 import orjson
+
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.loadgen.traces import TraceRequest
 

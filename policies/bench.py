@@ -11,6 +11,8 @@ import statistics
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from fleetgate.core.request import InferenceRequest
 from fleetgate.policies.classify import (
     TopicCategory,
@@ -18,7 +20,6 @@ from fleetgate.policies.classify import (
     WorkloadClassifier,
 )
 from fleetgate.policies.load import load_policy
-from tqdm import tqdm
 
 SYSTEM_PROMPT = "You are a careful assistant. Answer precisely and cite the relevant section. " * 20
 TOOLS = tuple(

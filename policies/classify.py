@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
 from fleetgate.cache.embed import Embedder
 from fleetgate.core.profile import (
     CategorySource,

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
+from pydantic import ValidationError
+
 from fleetgate.core.yamlconf import ConfigError, yaml_path
 from fleetgate.policies.conflicts import Finding, check_policy, errors
 from fleetgate.policies.schema import Policy
 from fleetgate.pools.config import FleetConfig, load_fleet
 from fleetgate.pools.model import Pool
-from pydantic import ValidationError
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
 from fleetgate.cache.policy import CachePolicy
 from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.core.profile import ContextClass, WorkloadShape
 from fleetgate.policies.classify import ClassifierConfig
 from fleetgate.pools.config import PoolConfig
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 POLICY_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"

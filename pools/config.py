@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.core.yamlconf import load_yaml, parse_yaml
 from fleetgate.pools.model import Endpoint, Pool
 from fleetgate.pools.profiles import PROFILES, get_profile
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class InstanceConfig(BaseModel):

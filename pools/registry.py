@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 import aiohttp
+
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.pools.model import Endpoint, EndpointState, FleetSnapshot, Pool
 from fleetgate.pools.scrape import parse_vllm_metrics

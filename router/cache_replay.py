@@ -12,6 +12,7 @@ import time
 from typing import Any, AsyncIterator
 
 import orjson
+
 from fleetgate.core.plan import CacheHit
 from fleetgate.core.request import InferenceRequest
 from fleetgate.core.tokens import count_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from fleetgate.core.request import ApiKind
 
 

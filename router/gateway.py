@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
+
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.errors import GatewayError, NoHealthyInstanceError, UpstreamError
 from fleetgate.core.plan import (

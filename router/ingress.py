@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import orjson
 import xxhash
+
 from fleetgate.core.errors import InvalidRequestError
 from fleetgate.core.request import ApiKind, InferenceRequest
 

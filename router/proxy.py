@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
 import aiohttp
+
 from fleetgate.core.errors import UpstreamError, UpstreamTimeoutError
 
 

@@ -27,6 +27,7 @@ def _emit(report: dict, out: str | None) -> None:
 def _policy_thresholds(path: str) -> dict[str, float]:
     """Category -> similarity threshold from a policy YAML's `categories[].cache`."""
     import yaml
+
     from fleetgate.cache.policy import CachePolicy
 
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}

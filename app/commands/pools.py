@@ -146,8 +146,9 @@ def _fleet_status(args: argparse.Namespace) -> int:
 def _bench_emulator(args: argparse.Namespace) -> int:
     import asyncio
 
-    from fleetgate.pools.emulator.bench import format_table, measure, median_run
     from tqdm import tqdm
+
+    from fleetgate.pools.emulator.bench import format_table, measure, median_run
 
     counts = [int(n) for n in args.instances.split(",")]
     rows = []

@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any, Mapping
 
+from pydantic import BaseModel, ValidationError
+
 from fleetgate.app.settings import (
     ENV_PREFIX,
     GatewaySettings,
@@ -22,7 +24,6 @@ from fleetgate.app.settings import (
     scalar_type,
 )
 from fleetgate.core.yamlconf import ConfigError
-from pydantic import BaseModel, ValidationError
 
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"num_replicas": ("--replicas",)}
 """Older spellings kept working next to the generated `--kebab-case` flag."""
@@ -96,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.bare:
         import uvicorn
+
         from fleetgate.app.compose import build_asgi_app
 
         app = build_asgi_app(settings.narrowed(GatewaySettings))

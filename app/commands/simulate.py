@@ -80,6 +80,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from fleetgate.loadgen.simulate import (
         SimConfig,
         find_capacity,
@@ -90,7 +92,6 @@ def _simulate(args: argparse.Namespace) -> int:
     from fleetgate.loadgen.traces import read_trace
     from fleetgate.pools.profiles import get_profile
     from fleetgate.router.routing.registry import ROUTER_NAMES
-    from tqdm import tqdm
 
     trace = read_trace(args.trace, args.trace_format, limit=args.limit)
     for line, message in trace.errors[:5]:
@@ -139,8 +140,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _bench_router(args: argparse.Namespace) -> int:
-    from fleetgate.loadgen.bench_router import bench_decisions, bench_remap
     from tqdm import tqdm
+
+    from fleetgate.loadgen.bench_router import bench_decisions, bench_remap
 
     sizes = [int(s) for s in args.sizes.split(",")]
     prompts = [int(s) for s in args.prompt_tokens.split(",")]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from fleetgate.pools.emulator.engine import EngineStats
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from fleetgate.pools.emulator.engine import EngineStats
 
 # vLLM v1's bucket boundaries (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

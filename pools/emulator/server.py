@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.tokens import count_tokens, kv_block_hashes
 from fleetgate.pools.emulator.engine import (

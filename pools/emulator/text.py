@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 import xxhash
+
 from fleetgate.core.tokens import content_text
 
 _WORDS = tuple(

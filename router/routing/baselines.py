@@ -16,6 +16,7 @@ import random
 from typing import Sequence
 
 import xxhash
+
 from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
 from fleetgate.router.routing.common import NoHooks, affinity_key, decide, load_order
 from fleetgate.router.routing.ring import RingCache

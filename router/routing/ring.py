@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Iterator, Sequence
 
 import xxhash
+
 from fleetgate.pools.model import Endpoint
 
 DEFAULT_VNODES_PER_WEIGHT = 256

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support.gateway import MODEL, emulators
+from support.servers import free_port, in_thread
+
 from fleetgate.app.cli import build_parser
 from fleetgate.app.commands.serve import command_settings
 from fleetgate.app.settings import ServeCommandSettings
-from support.gateway import MODEL, emulators
-from support.servers import free_port, in_thread
 
 SERVE_YAML = Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml"
 

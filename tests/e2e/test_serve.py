@@ -8,8 +8,9 @@ import time
 import aiohttp
 import openai
 import pytest
-from fleetgate.app.settings import ServeCommandSettings
 from support.gateway import MODEL
+
+from fleetgate.app.settings import ServeCommandSettings
 
 pytestmark = pytest.mark.e2e
 

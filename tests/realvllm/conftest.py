@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import AsyncIterator, Iterator
 
 import pytest
+from support.gateway import MODEL
+from support.servers import free_port
+
 from fleetgate.loadgen.realcache import DEV_MODE_ENV
 from fleetgate.pools.emulator.server import EmulatorServer
 from fleetgate.pools.realvllm import VllmFleet, VllmNotInstalled, VllmSettings, run_vllm
-from support.gateway import MODEL
-from support.servers import free_port
 
 MAX_MODEL_LEN = 4096
 

@@ -16,10 +16,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from fleetgate.pools.emulator.server import EmulatorServer
-from fleetgate.pools.scrape import parse_vllm_metrics
 from prometheus_client.parser import text_string_to_metric_families
 from support.gateway import MODEL
+
+from fleetgate.pools.emulator.server import EmulatorServer
+from fleetgate.pools.scrape import parse_vllm_metrics
 
 pytestmark = pytest.mark.realvllm
 

@@ -16,9 +16,10 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from support.gateway import MODEL
+
 from fleetgate.pools.realvllm import VllmFleet
 from fleetgate.pools.scrape import ScrapedLoad, parse_vllm_metrics
-from support.gateway import MODEL
 
 pytestmark = pytest.mark.realvllm
 

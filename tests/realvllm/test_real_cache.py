@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fleetgate.loadgen.realcache import measure_router, select_slice
-from fleetgate.pools.realvllm import VllmFleet, VllmSettings
 from support.gateway import MODEL
 from support.servers import free_port
+
+from fleetgate.loadgen.realcache import measure_router, select_slice
+from fleetgate.pools.realvllm import VllmFleet, VllmSettings
 
 pytestmark = pytest.mark.realvllm
 

@@ -11,7 +11,6 @@ from fleetgate.app.compose import build_asgi_app
 from fleetgate.app.settings import GatewaySettings
 from fleetgate.pools.emulator.server import EmulatorServer
 from fleetgate.router.routing.registry import make_router
-
 from support.servers import serve_asgi
 
 MODEL = "tiny-llama"

@@ -11,6 +11,9 @@ import time
 from typing import AsyncIterator, Iterator
 
 import pytest
+from support.gateway import eventually
+from support.redis_server import RedisServer
+
 from fleetgate.cache.embed import AsyncBatchingEmbedder, SentenceTransformerEmbedder
 from fleetgate.cache.policy import CachePolicy
 from fleetgate.cache.semantic import SemanticCache
@@ -18,8 +21,6 @@ from fleetgate.cache.store import RedisDocumentStore
 from fleetgate.core.plan import CacheHit, CacheMiss, RoutePlan
 from fleetgate.core.profile import WorkloadProfile
 from fleetgate.core.request import InferenceRequest
-from support.gateway import eventually
-from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,9 @@ import asyncio
 from typing import Iterator
 
 import pytest
+from support.cpu_wait import cpu_wait_s
+from support.sse_target import run_sse_target
+
 from fleetgate.loadgen.bench import start_server
 from fleetgate.loadgen.replay import (
     ReplayConfig,
@@ -16,8 +19,6 @@ from fleetgate.loadgen.replay import (
 )
 from fleetgate.loadgen.report import percentile
 from fleetgate.loadgen.traces import TraceRequest
-from support.cpu_wait import cpu_wait_s
-from support.sse_target import run_sse_target
 
 pytestmark = pytest.mark.integration
 

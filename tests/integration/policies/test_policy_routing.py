@@ -16,9 +16,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from support.gateway import eventually, gateway
+
 from fleetgate.pools.config import dump_fleet, fleet_from_pools
 from fleetgate.pools.emulator.local import run_emulated_fleet
-from support.gateway import eventually, gateway
 
 pytestmark = pytest.mark.integration
 

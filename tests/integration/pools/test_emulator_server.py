@@ -11,11 +11,12 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 import openai
 import pytest
+from openai import AsyncOpenAI
+
 from fleetgate.core.tokens import count_tokens
 from fleetgate.pools.emulator.local import run_emulated_fleet
 from fleetgate.pools.emulator.server import EmulatorServer
 from fleetgate.pools.profiles import H100_80GB, L4_24GB
-from openai import AsyncOpenAI
 
 pytestmark = pytest.mark.integration
 

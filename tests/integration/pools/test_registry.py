@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from aiohttp import web
+
 from fleetgate.core.clock import ManualClock
 from fleetgate.pools.config import single_pool_fleet
 from fleetgate.pools.registry import FleetRegistry, HealthPolicy

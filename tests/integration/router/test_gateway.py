@@ -9,9 +9,10 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from support.gateway import MODEL, emulators, eventually, gateway
+
 from fleetgate.router.routing.base import RouteDecision
 from fleetgate.router.routing.baselines import RoundRobin
-from support.gateway import MODEL, emulators, eventually, gateway
 
 pytestmark = pytest.mark.integration
 

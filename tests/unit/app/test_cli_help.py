@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from fleetgate.app.cli import build_parser
 from support.cli_tree import subcommands
+
+from fleetgate.app.cli import build_parser
 
 COMMANDS = [path for path, _ in subcommands(build_parser())]
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from fleetgate.app.cli import build_parser
 from support.cli_tree import subcommands
+
+from fleetgate.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 COMMAND_START = re.compile(r"(?<![\w./-])fleetgate(?=\s|$)")

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
+from support.cli_tree import subcommands
+
 from fleetgate.app.cli import build_parser, main
 from fleetgate.app.commands.serve import command_settings, flag
 from fleetgate.app.settings import (
@@ -15,7 +17,6 @@ from fleetgate.app.settings import (
     ServeSettings,
     read_config,
 )
-from support.cli_tree import subcommands
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVE_YAML = ROOT / "deploy" / "serve.yaml"
@@ -127,6 +128,7 @@ def test_allow_open_host_reaches_uvicorn(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_allow_open_host_reaches_ray_serve_http_options(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
+
     from fleetgate.app import serve as app_serve
     from fleetgate.app.commands import serve as serve_command
 

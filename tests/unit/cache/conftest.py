@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pytest
+
 from fleetgate.cache.entries import Entries
 from fleetgate.cache.index import Namespace, NamespacedIndex
 from fleetgate.cache.stats import CacheStats

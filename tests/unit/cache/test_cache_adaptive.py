@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from fleetgate.cache.adaptive import InForce, LoadAdaptation, longest_ttl
 from fleetgate.cache.policy import AdaptiveBounds, CachePolicy
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from fleetgate.cache.coalesce import Coalescer
 from fleetgate.cache.store import Answer
 from fleetgate.core.clock import ManualClock

@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
 from fleetgate.cache.entries import Entries, embedded, outlived
 from fleetgate.cache.index import Namespace, VectorIndex
 from fleetgate.cache.stats import CacheStats

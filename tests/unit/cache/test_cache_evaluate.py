@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fleetgate.cache import evaluate as ev
 from fleetgate.cache.embed import HashingEmbedder
 

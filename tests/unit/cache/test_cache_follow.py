@@ -7,6 +7,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 import pytest
+
 from fleetgate.cache.entries import Entries
 from fleetgate.cache.follow import StoreFollower
 from fleetgate.cache.index import Namespace

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
 from fleetgate.cache.entries import Entries
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.purge import MIN_HOLES_TO_COMPACT, PURGE_INTERVAL_S, Purger

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
+
 from fleetgate.cache.entries import Entries, Entry
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.quota import least_valuable, make_room

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from fleetgate.cache.policy import CacheableConditions, CachePolicy
 from fleetgate.cache.rules import bypass_reason, fits, refusal
 from fleetgate.cache.store import Answer

@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
 from fleetgate.cache.entries import Entries
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.search import Demand, Found, Search

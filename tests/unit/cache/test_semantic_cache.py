@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from fleetgate.cache.embed import AsyncBatchingEmbedder, HashingEmbedder
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.policy import AdaptiveBounds, CachePolicy

@@ -1,6 +1,7 @@
 """A request derives its canonical text, token count and routing prefix hashes once, when built."""
 
 import pytest
+
 from fleetgate.core.prefix import (
     ROUTING_BLOCK_CHARS,
     prefix_hashes,

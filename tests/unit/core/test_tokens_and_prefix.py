@@ -1,6 +1,7 @@
 """The stand-in tokenizer, chained block hashes and canonical rendering shared by every area."""
 
 import pytest
+
 from fleetgate.core.prefix import prefix_hashes, render_chat
 from fleetgate.core.tokens import count_tokens, kv_block_hashes
 from fleetgate.pools.profiles import PROFILES, get_profile

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fleetgate.loadgen.replay import RequestResult
 from fleetgate.loadgen.report import (
     format_table,

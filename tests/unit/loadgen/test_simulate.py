@@ -4,6 +4,7 @@ from collections import deque
 from dataclasses import replace
 
 import pytest
+
 from fleetgate.loadgen.simulate import (
     SimConfig,
     SimRequest,

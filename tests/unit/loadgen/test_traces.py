@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fleetgate.core.tokens import CHARS_PER_TOKEN, count_tokens
 from fleetgate.loadgen.synthtext import BLOCK_TOKENS, filler_text
 from fleetgate.loadgen.traces import (

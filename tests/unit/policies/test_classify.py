@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetgate.cache.embed import HashingEmbedder
 from fleetgate.core.prefix import render_chat
 from fleetgate.core.request import InferenceRequest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetgate.cache.embed import AsyncBatchingEmbedder, HashingEmbedder
 from fleetgate.core.errors import ModelNotFoundError
 from fleetgate.core.plan import plan_summary

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from fleetgate.core.clock import ManualClock
 from fleetgate.core.request import InferenceRequest
 from fleetgate.core.yamlconf import ConfigError

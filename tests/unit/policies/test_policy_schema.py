@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fleetgate.core.yamlconf import ConfigError
 from fleetgate.policies.conflicts import errors
 from fleetgate.policies.load import check_file, check_text, load_policy

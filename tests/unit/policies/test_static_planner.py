@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetgate.core.errors import ModelNotFoundError
 from fleetgate.core.request import InferenceRequest
 from fleetgate.policies.static_planner import StaticPlanner

@@ -1,6 +1,7 @@
 """The fleet file: valid pools become Endpoints; every mistake names its YAML path."""
 
 import pytest
+
 from fleetgate.core.yamlconf import ConfigError
 from fleetgate.pools.config import parse_fleet, single_pool_fleet
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
 from fleetgate.core.plan import CacheHit
 from fleetgate.core.request import InferenceRequest
 from fleetgate.router.cache_replay import replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
-from openai.types import Completion
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 TEXT = "Paris is the capital of France. " * 5
 HIT = CacheHit(TEXT, "stop", 0.93)

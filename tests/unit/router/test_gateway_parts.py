@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+
 from fleetgate.core.errors import (
     InvalidRequestError,
     ModelNotFoundError,

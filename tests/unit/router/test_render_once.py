@@ -10,6 +10,8 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
+
 from fleetgate.cache.index import Namespace
 from fleetgate.cache.keys import RequestKey, request_key
 from fleetgate.core import prefix, tokens
@@ -23,7 +25,6 @@ from fleetgate.router.ingress import parse_inference_request
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.routing.base import RouteRequest
 from fleetgate.router.routing.dualmap import DualMap
-from prometheus_client import CollectorRegistry
 
 BODY = {
     "model": "m",

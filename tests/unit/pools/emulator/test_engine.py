@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 import pytest
+
 from fleetgate.core.tokens import kv_block_hashes
 from fleetgate.pools.emulator.engine import Engine, EngineRequest, RequestStats
 from fleetgate.pools.profiles import H100_80GB, L4_24GB, PROFILES, GpuProfile

@@ -4,10 +4,11 @@ import math
 from collections import Counter
 
 import pytest
+from support.routing_views import names, pool, request, with_load
+
 from fleetgate.router.routing.cache_aware import CacheAware
 from fleetgate.router.routing.prefix_index import PrefixIndex
 from fleetgate.router.routing.registry import ROUTER_NAMES, make_router
-from support.routing_views import names, pool, request, with_load
 
 NOW = 0.0
 

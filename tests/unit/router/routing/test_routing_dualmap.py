@@ -3,13 +3,14 @@
 from collections import Counter
 
 import pytest
+from support.routing_views import names, pool, request, with_load
+
 from fleetgate.core.clock import ManualClock
 from fleetgate.router.routing.base import RouteRequest
 from fleetgate.router.routing.dualmap import DualMap
 from fleetgate.router.routing.estimate import TtftEstimator
 from fleetgate.router.routing.keylen import AdaptiveKeyLength
 from fleetgate.router.routing.registry import make_router
-from support.routing_views import names, pool, request, with_load
 
 
 def pair_of(router: DualMap, req: RouteRequest, views) -> tuple[str, str]:

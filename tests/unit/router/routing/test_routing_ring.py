@@ -3,6 +3,7 @@
 from collections import Counter
 
 import pytest
+
 from fleetgate.pools.model import Endpoint
 from fleetgate.router.routing.ring import (
     DualRing,
