@@ -30,7 +30,7 @@ class Row:
     baseline_p99_ms: float
 
 
-def _percentiles(run: Callable[[int], object], count: int) -> tuple[float, float]:
+def latency_percentiles_ms(run: Callable[[int], object], count: int) -> tuple[float, float]:
     latencies = np.empty(count)
     for i in range(count):
         started = time.perf_counter()
@@ -61,8 +61,8 @@ def run_bench(embedder: Embedder, *, entries: int, queries: int, runs: int, k: i
         scores = data @ probes[i % queries]
         return np.argpartition(-scores, k)[:k]
 
-    rows = [Row(f"search k={k} @{entries}", *_median_of(runs, lambda: _percentiles(hnsw, queries)),
-                *_median_of(runs, lambda: _percentiles(brute, queries)))]
+    rows = [Row(f"search k={k} @{entries}", *_median_of(runs, lambda: latency_percentiles_ms(hnsw, queries)),
+                *_median_of(runs, lambda: latency_percentiles_ms(brute, queries)))]
     texts = [f"How do I configure feature number {i} of the product for my team?" for i in range(512)]
     embedder.embed(texts[:32])  # warm-up: first calls pay lazy initialisation
     for batch in tqdm((1, 32), desc="miss cost", unit="batch size"):
@@ -72,8 +72,8 @@ def run_bench(embedder: Embedder, *, entries: int, queries: int, runs: int, k: i
             vectors = embedder.embed(texts[(i * batch) % 480 : (i * batch) % 480 + batch])
             return [search(j) for j in range(len(vectors))]
 
-        rows.append(Row(f"miss: embed+search, batch {batch}", *_median_of(runs, lambda: _percentiles(lambda i: miss(i, hnsw), samples)),
-                        *_median_of(runs, lambda: _percentiles(lambda i: miss(i, brute), samples))))
+        rows.append(Row(f"miss: embed+search, batch {batch}", *_median_of(runs, lambda: latency_percentiles_ms(lambda i: miss(i, hnsw), samples)),
+                        *_median_of(runs, lambda: latency_percentiles_ms(lambda i: miss(i, brute), samples))))
     return build_s, rows
 
 

@@ -4,7 +4,8 @@ Method (per category namespace, as the cache does it): every `text_a` is cached,
 looked up; the top neighbour is a hit when its similarity reaches the category's threshold, and a
 *correct* hit when the cached text is the same question (normalised) or a pair labels the two
 similar. Precision is correct hits / hits, recall correctly answered similar pairs / similar pairs,
-hit rate hits / lookups.
+hit rate hits / lookups. With a verifier, each lookup's neighbour also carries the verifier's score,
+and a category may ask it to reach a verifier threshold too (cache/calibrate.py chooses both).
 
 Threshold tuning: the nearest neighbour of a lookup does not depend on the threshold, so one search
 per lookup gives (similarity, correct) and every threshold is evaluated by sorting. Per category,
@@ -21,18 +22,20 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from fleetgate.cache.embed import Embedder
 from fleetgate.cache.index import VectorIndex
 from fleetgate.cache.keys import normalise
+from fleetgate.cache.verify import VerifierModel
 
 STSB_POSITIVE_MIN = 4.0
 STSB_NEGATIVE_MAX = 2.0
 EMBED_BATCH = 64
 WILSON_Z = 1.645  # one-sided 95%
+WILSON_TWO_SIDED_Z = 1.96  # the 95% interval reported next to a precision
 GENRE_ALIASES = {"forums": "forum"}  # sts-dev spells the genre main-forums, sts-train main-forum
 
 
@@ -52,6 +55,17 @@ class Probe:
     similarity: float
     correct: bool  # the neighbour's answer fits: same text, or a text labelled similar to the lookup
     positive: bool  # the lookup's own pair is labelled similar (it should hit)
+    verifier: float | None = None  # the verifier's score of (lookup, neighbour); None: not scored
+
+    def hits(self, threshold: float, verifier_threshold: float | None = None) -> bool:
+        """A hit at this cosine threshold and, unless None, this verifier threshold."""
+        if self.similarity < threshold:
+            return False
+        if verifier_threshold is None:
+            return True
+        if self.verifier is None:
+            raise ValueError("a verifier threshold was asked of probes made without a verifier model")
+        return self.verifier >= verifier_threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +88,11 @@ class Scores:
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
+        low, high = wilson_interval(self.correct_hits, self.hits)
         return {"lookups": self.lookups, "positives": self.positives, "hits": self.hits, "correct_hits": self.correct_hits, "recalled": self.recalled,
-                "precision": round(self.precision, 4), "recall": round(self.recall, 4), "hit_rate": round(self.hit_rate, 4)}
+                "precision": round(self.precision, 4), "precision_ci95": [round(low, 4), round(high, 4)],
+                "recall": round(self.recall, 4), "hit_rate": round(self.hit_rate, 4)}
 
 
 # ---- pair sources -----------------------------------------------------------------------------------
@@ -100,8 +116,10 @@ def stsb_pairs(path: Path) -> list[Pair]:
 def cache_case_pairs(path: Path) -> tuple[list[Pair], dict[str, float]]:
     """semantic-router cache cases: each original is cached, each of its paraphrases looked up.
 
-    All cases share one namespace ("cases"), so a paraphrase that lands on another case's original
-    is a wrong hit. Also returns the thresholds the file declares per category ("... (0.8)").
+    Each pair carries its case's category (the file's "other" is whatever a policy's default
+    category is). The experiments cache all originals in one namespace (`probe_shared(...,
+    one_namespace=True)`), so a paraphrase that lands on another case's original is a wrong hit.
+    Also returns the thresholds the file declares per category ("... (0.8)").
     """
     cases = json.loads(path.read_text(encoding="utf-8"))
     declared = {}
@@ -110,7 +128,7 @@ def cache_case_pairs(path: Path) -> tuple[list[Pair], dict[str, float]]:
         found = re.search(r"\((0\.\d+)\)", case.get("description", ""))
         if found:
             declared[case["category"]] = float(found.group(1))
-        pairs += [Pair(case["original_question"], question, True, "cases") for question in case["similar_questions"]]
+        pairs += [Pair(case["original_question"], question, True, case["category"]) for question in case["similar_questions"]]
     return pairs, declared
 
 
@@ -146,25 +164,39 @@ def embed_all(embedder: Embedder, texts: list[str], *, progress: bool = True) ->
     return dict(zip(unique, stacked))
 
 
-def probe_pairs(pairs: list[Pair], vectors: dict[str, np.ndarray]) -> list[Probe]:
-    """Each pair alone: text_a cached in a namespace of its own, text_b looked up; the label judges the hit."""
-    return [Probe(p.category, float(vectors[p.text_a] @ vectors[p.text_b]), p.label, p.label) for p in pairs]
+def _verifier_score(model: VerifierModel | None, asked: str, cached: str, similarity: float) -> float | None:
+    return None if model is None else model.score(asked, cached, similarity)
 
 
-def probe_shared(pairs: list[Pair], vectors: dict[str, np.ndarray], dim: int) -> tuple[list[Probe], list[float]]:
-    """Every text_a of a category in one namespace, every text_b looked up; also returns search latencies (s).
+def probe_pairs(pairs: list[Pair], vectors: dict[str, np.ndarray], model: VerifierModel | None = None) -> list[Probe]:
+    """Each pair alone: text_a cached in a namespace of its own, text_b looked up; the label judges the hit.
+
+    With `model`, each probe also carries the verifier's score of the pair.
+    """
+    probes = []
+    for p in pairs:
+        similarity = float(vectors[p.text_a] @ vectors[p.text_b])
+        probes.append(Probe(p.category, similarity, p.label, p.label, _verifier_score(model, p.text_b, p.text_a, similarity)))
+    return probes
+
+
+def probe_shared(pairs: list[Pair], vectors: dict[str, np.ndarray], dim: int, model: VerifierModel | None = None,
+                 *, one_namespace: bool = False) -> tuple[list[Probe], list[float]]:
+    """Every text_a of a category (with `one_namespace`: of all pairs) in one namespace, every text_b looked
+    up; also returns search latencies (s). Probes keep their pair's category.
 
     A hit is correct when the cached text is the lookup's own text (normalised) or some pair labels
     the two similar; a neighbour never compared with the lookup counts as wrong, so this precision is
     a lower bound (STS-B reuses sentences across pairs, and many near-duplicates were never labelled).
+    With `model`, the verifier scores the top neighbour only (the cache would try the next ones too).
     """
     probes: list[Probe] = []
     latencies: list[float] = []
     similar = {(normalise(p.text_a), normalise(p.text_b)) for p in pairs if p.label}
-    by_category: dict[str, list[Pair]] = {}
+    namespaces: dict[str, list[Pair]] = {}
     for pair in pairs:
-        by_category.setdefault(pair.category, []).append(pair)
-    for category, group in sorted(by_category.items()):
+        namespaces.setdefault("" if one_namespace else pair.category, []).append(pair)
+    for _, group in sorted(namespaces.items()):
         cached = list(dict.fromkeys(p.text_a for p in group))
         index = VectorIndex.build(cached, np.stack([vectors[t] for t in cached]), dim=dim)
         for pair in group:
@@ -173,26 +205,32 @@ def probe_shared(pairs: list[Pair], vectors: dict[str, np.ndarray], dim: int) ->
             latencies.append(time.perf_counter() - started)
             nearest, asked = normalise(found[0].entry_id), normalise(pair.text_b)
             correct = nearest == asked or (nearest, asked) in similar or (asked, nearest) in similar
-            probes.append(Probe(category, found[0].similarity, correct, pair.label))
+            verifier = _verifier_score(model, pair.text_b, found[0].entry_id, found[0].similarity)
+            probes.append(Probe(pair.category, found[0].similarity, correct, pair.label, verifier))
     return probes, latencies
 
 
-def score(probes: Iterable[Probe], threshold: float) -> Scores:
+def score(probes: Iterable[Probe], threshold: float, verifier_threshold: float | None = None) -> Scores:
     probes = list(probes)
-    hits = [p for p in probes if p.similarity >= threshold]
+    hits = [p for p in probes if p.hits(threshold, verifier_threshold)]
     return Scores(len(probes), sum(p.positive for p in probes), len(hits), sum(p.correct for p in hits),
                   sum(p.correct and p.positive for p in hits))
 
 
-def wilson_lower_bound(correct: int, total: int, z: float = WILSON_Z) -> float:
-    """One-sided lower confidence bound of a precision measured as correct/total."""
+def wilson_interval(correct: int, total: int, z: float = WILSON_TWO_SIDED_Z) -> tuple[float, float]:
+    """Wilson score interval of a precision measured as correct/total ((0, 1) when nothing was measured)."""
     if total == 0:
-        return 0.0
+        return 0.0, 1.0
     p = correct / total
     denominator = 1 + z * z / total
     centre = p + z * z / (2 * total)
     margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return (centre - margin) / denominator
+    return (centre - margin) / denominator, (centre + margin) / denominator
+
+
+def wilson_lower_bound(correct: int, total: int, z: float = WILSON_Z) -> float:
+    """One-sided lower confidence bound of a precision measured as correct/total (0 when nothing was measured)."""
+    return wilson_interval(correct, total, z)[0]
 
 
 def lowest_threshold(probes: list[Probe], target_precision: float, *, confident: bool = True) -> float | None:
@@ -229,9 +267,12 @@ def tune(probes: list[Probe], target_precision: float) -> tuple[dict[str, float]
     return per_category, lowest_threshold(probes, target_precision) or DISABLED
 
 
-def score_per_category(probes: list[Probe], thresholds: dict[str, float], default: float) -> tuple[dict[str, Scores], Scores]:
+def score_per_category(probes: list[Probe], thresholds: Mapping[str, float], default: float,
+                       verifier_thresholds: Mapping[str, float] | None = None) -> tuple[dict[str, Scores], Scores]:
+    """Scores per category and overall; a category in `verifier_thresholds` also needs the verifier to pass."""
     grouped = by_category(probes)
-    scores = {c: score(group, thresholds.get(c, default)) for c, group in sorted(grouped.items())}
+    verifier_thresholds = verifier_thresholds or {}
+    scores = {c: score(group, thresholds.get(c, default), verifier_thresholds.get(c)) for c, group in sorted(grouped.items())}
     total = Scores(*(sum(getattr(s, f) for s in scores.values()) for f in ("lookups", "positives", "hits", "correct_hits", "recalled")))
     return scores, total
 
@@ -262,11 +303,13 @@ def embedding_latencies(embedder: Embedder, texts: list[str], samples: int = 100
 # ---- reports ----------------------------------------------------------------------------------------
 
 
-def evaluate(probes: list[Probe], thresholds: dict[str, float], default: float) -> dict[str, object]:
-    """Per-category and overall scores at the given thresholds."""
-    scores, total = score_per_category(probes, thresholds, default)
+def evaluate(probes: list[Probe], thresholds: Mapping[str, float], default: float,
+             verifier_thresholds: Mapping[str, float] | None = None) -> dict[str, object]:
+    """Per-category and overall scores at the given thresholds (and verifier thresholds, where given)."""
+    scores, total = score_per_category(probes, thresholds, default, verifier_thresholds)
     return {
         "thresholds": {c: thresholds.get(c, default) for c in scores},
+        "verifier_thresholds": {c: (verifier_thresholds or {}).get(c) for c in scores},
         "per_category": {c: s.as_dict() for c, s in scores.items()},
         "overall": total.as_dict(),
     }
@@ -303,24 +346,3 @@ def tuned_report(train: list[Probe], test: list[Probe], target_precision: float)
         },
     }
 
-
-def standard_eval(traces: Path, embedder: Embedder, target_precision: float, *, progress: bool = True) -> dict[str, object]:
-    """The issue's experiment: STS-B genres tuned on train and judged on dev, plus the semantic-router cases."""
-    train = stsb_pairs(traces / "stsb" / "sts-train.csv")
-    dev = stsb_pairs(traces / "stsb" / "sts-dev.csv")
-    cases, declared = cache_case_pairs(traces / "semantic_router" / "cache_cases.json")
-    vectors = embed_all(embedder, [t for p in train + dev + cases for t in (p.text_a, p.text_b)], progress=progress)
-    train_probes, dev_probes = probe_pairs(train, vectors), probe_pairs(dev, vectors)
-    report = tuned_report(train_probes, dev_probes, target_precision)
-    per_category, uniform = tune(train_probes, target_precision)
-    shared_probes, search_s = probe_shared(dev, vectors, embedder.dim)
-    report["dev_shared_namespace"] = evaluate(shared_probes, per_category, DISABLED)["overall"]
-    case_probes, _ = probe_shared(cases, vectors, embedder.dim)
-    report["cache_cases"] = {
-        f"at_{name}": evaluate(case_probes, {}, threshold)["overall"]
-        for name, threshold in [(f"stsb_uniform_{uniform:.3f}", uniform), *((f"declared_{t}", t) for t in sorted(set(declared.values())))]
-    }
-    report["pairs"] = {"train": len(train), "dev": len(dev), "cache_cases": len(cases)}
-    report["latency"] = {"embed_one": latency_summary(embedding_latencies(embedder, [p.text_b for p in dev])),
-                         "search": latency_summary(search_s)}
-    return report
