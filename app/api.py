@@ -141,6 +141,15 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
         except GatewayError as error:
             return _error_response(error, request_id)
 
+    async def cache_feedback(request: Request) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            raw = await _read_body(request, runtime.max_body_bytes)
+            await runtime.gateway.cache_feedback(raw, {k.lower(): v for k, v in request.headers.items()})
+        except GatewayError as error:
+            return _error_response(error, request_id)
+        return JSONResponse({"dropped": True}, headers={"x-request-id": request_id})
+
     async def reload_policy(_request: Request) -> Response:
         try:
             problems = await runtime.reload_policy()
@@ -161,6 +170,7 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
             Route("/v1/chat/completions", inference("chat"), methods=["POST"]),
             Route("/v1/completions", inference("completions"), methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/cache/feedback", cache_feedback, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/fleet", fleet, methods=["GET"]),

@@ -2,7 +2,8 @@
 `adaptive.min_threshold` and its TTL grows to `adaptive.max_ttl_s`.
 
 Both are evaluated when asked (at lookup and eviction time), so they return the moment the pressure
-is lifted; documents are therefore stored for the longest TTL the policy may ever grant.
+is lifted; documents are therefore stored for the longest TTL the policy may ever grant. Nothing else
+relaxes: the verifier judges every similarity candidate as strictly under pressure as without it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ log = logging.getLogger("fleetgate.cache")
 
 @dataclass(frozen=True, slots=True)
 class InForce:
-    """The similarity threshold and TTL a category is served under right now."""
+    """The similarity threshold and TTL a category is served under right now (the verifier's settings are the policy's, always)."""
 
     threshold: float
     ttl_s: float

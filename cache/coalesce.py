@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from fleetgate.cache.store import Answer
 from fleetgate.core.clock import Clock
+
+T = TypeVar("T")  # what a leader hands its waiters
 
 DEFAULT_COALESCE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Slot:
-    answer: asyncio.Future[Answer | None]
+class _Slot(Generic[T]):
+    answer: asyncio.Future[T | None]
     since_s: float
 
 
-class Coalescer:
+class Coalescer(Generic[T]):
     """In-flight misses by entry id; a `timeout_s` of 0 turns coalescing off."""
 
     def __init__(self, clock: Clock, timeout_s: float = DEFAULT_COALESCE_TIMEOUT_S) -> None:
         self._clock = clock
         self._timeout_s = timeout_s
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, _Slot[T]] = {}
 
-    def _remaining_s(self, slot: _Slot) -> float:
+    def _remaining_s(self, slot: _Slot[T]) -> float:
         return self._timeout_s - (self._clock() - slot.since_s)
 
     def live(self, entry_id: str) -> bool:
@@ -46,7 +48,7 @@ class Coalescer:
         self._slots[entry_id] = _Slot(asyncio.get_running_loop().create_future(), self._clock())
         return True
 
-    async def wait(self, entry_id: str) -> Answer | None:
+    async def wait(self, entry_id: str) -> T | None:
         """The leader's answer; None when it had none, gave up, or ran past its time."""
         slot = self._slots.get(entry_id)
         if slot is None:
@@ -56,7 +58,7 @@ class Coalescer:
         except TimeoutError:
             return None
 
-    def settle(self, entry_id: str, answer: Answer | None) -> None:
+    def settle(self, entry_id: str, answer: T | None) -> None:
         """The leader is done: hand its waiters `answer` (None sends them upstream) and free the slot."""
         slot = self._slots.pop(entry_id, None)
         if slot is not None and not slot.answer.done():

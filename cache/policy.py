@@ -19,7 +19,11 @@ class CacheableConditions(_StrictModel):
 
 
 class AdaptiveBounds(_StrictModel):
-    """How far the cache may relax when the target pool is over its SLO (load-adaptive policy)."""
+    """How far the cache may relax when the target pool is over its SLO (load-adaptive policy).
+
+    Only the similarity threshold and the TTL relax: the verifier's judgement never does, because a
+    wrong answer served fast is still wrong.
+    """
 
     min_threshold: float = Field(gt=0, le=1)  # the similarity threshold never drops below this
     max_ttl_s: float = Field(gt=0)  # TTLs never grow beyond this
@@ -29,7 +33,9 @@ class CachePolicy(_StrictModel):
     """Semantic-cache behaviour of one category (namespaced per tenant, model and category)."""
 
     enabled: bool = False
-    threshold: float = Field(default=0.9, gt=0, le=1)  # cosine similarity needed for a hit
+    threshold: float = Field(default=0.9, gt=0, le=1)  # cosine similarity a candidate needs (the verifier then judges it)
+    verify: bool = True  # check every similarity candidate with the verifier (cache/verify.py) before serving it
+    verifier_threshold: float | None = Field(default=None, ge=0, le=1)  # score needed; None: the shipped model's own
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)  # per namespace; the oldest entries go first
     cacheable: CacheableConditions = CacheableConditions()

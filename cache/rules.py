@@ -20,6 +20,8 @@ def bypass_reason(request: InferenceRequest, policy: CachePolicy | None) -> str 
         return "no-policy"
     if not policy.enabled:
         return "disabled"
+    if request.cache_bypass:
+        return "client-no-cache"
     rules = policy.cacheable
     # an unset temperature counts as cacheable: the client asked for no particular diversity
     if rules.max_temperature is not None and request.temperature is not None and request.temperature > rules.max_temperature:

@@ -3,8 +3,10 @@
 A lookup is: policy gate (rules.py) -> exact match (xxh3 of the normalised key, no embedding) ->
 wait for an identical in-flight miss (coalesce.py) -> embed (batched, off the loop) -> k-NN in
 the request's (tenant, model, category) graph (search.py) -> first neighbour above the threshold
-in force (adaptive.py) whose context matches and whose TTL holds -> its answer from the document
-store. A store evicts to the namespace's quota (quota.py) and now and then purges (purge.py);
+in force (adaptive.py) whose context matches, whose TTL holds and whose question the verifier
+(verify.py) accepts -> its answer from the document store. Every hit is remembered by request id
+for a while, so a client can report it wrong (`feedback`) and have its entry dropped everywhere.
+A store evicts to the namespace's quota (quota.py) and now and then purges (purge.py);
 other replicas' changes arrive through follow.py. This module only wires those parts together.
 
 Any failure is a miss or a bypass, never an exception: the gateway must not fail because of its cache.
@@ -30,7 +32,14 @@ from fleetgate.cache.policy import CachePolicy
 from fleetgate.cache.purge import Purger
 from fleetgate.cache.quota import make_room
 from fleetgate.cache.rules import bypass_reason, fits, refusal
-from fleetgate.cache.search import DEFAULT_K, Demand, Found, Search
+from fleetgate.cache.search import (
+    DEFAULT_K,
+    Demand,
+    Found,
+    Search,
+    Verification,
+    Verifier,
+)
 from fleetgate.cache.stats import CacheStats
 from fleetgate.cache.store import (
     Answer,
@@ -38,7 +47,9 @@ from fleetgate.cache.store import (
     CacheUnavailable,
     DocumentHead,
     DocumentStore,
+    ServedHit,
 )
+from fleetgate.cache.verify import default_model
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.plan import CacheBypass, CacheHit, CacheLookup, CacheMiss, RoutePlan
 from fleetgate.core.request import InferenceRequest
@@ -46,6 +57,7 @@ from fleetgate.core.request import InferenceRequest
 log = logging.getLogger("fleetgate.cache")
 
 DEFAULT_MAX_KEY_CHARS = 1000  # about the 256 word pieces MiniLM reads; longer keys are exact-match only
+DEFAULT_FEEDBACK_TTL_S = 3600.0  # how long after a hit its client may still report it wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +76,8 @@ class SemanticCache:
     """See the module docstring. One per gateway process, built by the composition root.
 
     `clock` paces what only this process sees (coalescing deadlines, purges); `wall_clock` stamps and
-    ages entries, because those ages are shared with other replicas and survive restarts.
+    ages entries, because those ages are shared with other replicas and survive restarts. `verifier`
+    defaults to the shipped model (cache/data/verifier.json).
     """
 
     def __init__(
@@ -78,6 +91,8 @@ class SemanticCache:
         k: int = DEFAULT_K,
         coalesce_timeout_s: float = DEFAULT_COALESCE_TIMEOUT_S,
         max_key_chars: int = DEFAULT_MAX_KEY_CHARS,
+        verifier: Verifier | None = None,
+        feedback_ttl_s: float = DEFAULT_FEEDBACK_TTL_S,
     ) -> None:
         self.stats = CacheStats()
         self._embedder = embedder
@@ -85,9 +100,10 @@ class SemanticCache:
         self._policies = dict(policies)
         self._wall_clock = wall_clock
         self._max_key_chars = max_key_chars
+        self._feedback_ttl_s = feedback_ttl_s
         self._entries = Entries(NamespacedIndex(embedder.dim), self.stats.evictions)
-        self._search = Search(self._entries, store, k)
-        self._coalescer = Coalescer(clock, coalesce_timeout_s)
+        self._search = Search(self._entries, store, verifier or default_model(), self.stats.verifier_rejections, k)
+        self._coalescer: Coalescer[Found] = Coalescer(clock, coalesce_timeout_s)
         self._adaptation = LoadAdaptation(self.stats.adaptations)
         self._purger = Purger(self._entries, clock=clock, wall_clock=wall_clock)
         self._follower = StoreFollower(store, self._entries, self.stats, wall_clock=wall_clock)
@@ -153,12 +169,12 @@ class SemanticCache:
             exact = await self._search.exact(key.entry_id, demand)
             if exact is not None:
                 self.stats.exact_hits[policy_name] += 1
-                return CacheHit(exact.text, exact.finish_reason, 1.0)
+                return await self._hit(request, namespace, exact)
             if self._coalescer.live(key.entry_id):
                 coalesced = await self._coalescer.wait(key.entry_id)
-                if coalesced is not None and fits(coalesced, request.max_tokens):
+                if coalesced is not None and fits(coalesced.answer, request.max_tokens):
                     self.stats.coalesced[policy_name] += 1
-                    return CacheHit(coalesced.text, coalesced.finish_reason, 1.0)
+                    return await self._hit(request, namespace, coalesced)
                 leader = False
             else:
                 leader = self._coalescer.lead(key.entry_id)  # claimed before embedding so identical lookups wait for us
@@ -167,10 +183,12 @@ class SemanticCache:
             return CacheMiss(_MissKey(namespace, key, None, policy_name, request.max_tokens, leader=False))
         found: Found | None = None
         vector = None
+        # the policy's verifier settings, never relaxed: load adaptation moves only `in_force`
+        verification = Verification(key.text, policy.verifier_threshold) if policy.verify else None
         try:
             if len(key.text) <= self._max_key_chars:
                 vector = await self._embedder.embed_one(key.text)
-                found = await self._search.nearest(namespace, key.context_hash, vector, in_force.threshold, demand)
+                found = await self._search.nearest(namespace, key.context_hash, vector, in_force.threshold, demand, verification)
         except CacheUnavailable:
             self.stats.store_unavailable += 1
         except BaseException:
@@ -181,9 +199,39 @@ class SemanticCache:
             if found.similarity < policy.threshold:
                 self.stats.relaxed_hits[policy_name] += 1
             if leader:  # identical lookups that queued behind us share the hit
-                self._coalescer.settle(key.entry_id, found.answer)
-            return CacheHit(found.answer.text, found.answer.finish_reason, found.similarity)
+                self._coalescer.settle(key.entry_id, found)
+            return await self._hit(request, namespace, found)
         return CacheMiss(_MissKey(namespace, key, vector, policy_name, request.max_tokens, leader=leader))
+
+    async def _hit(self, request: InferenceRequest, namespace: Namespace, found: Found) -> CacheHit:
+        """Serve `found`, remembering which entry answered this request id so its client can report it wrong.
+        A store that cannot remember it does not stop the hit."""
+        try:
+            await self._store.remember_hit(request.request_id, ServedHit(found.entry_id, namespace), self._feedback_ttl_s)
+        except CacheUnavailable:
+            self.stats.store_unavailable += 1
+        return CacheHit(found.answer.text, found.answer.finish_reason, found.similarity, found.verifier_score)
+
+    # ---- feedback --------------------------------------------------------------------------------
+
+    async def feedback(self, request_id: str, tenant: str) -> bool:
+        """A client reports that the hit it got as `request_id` answered another question: drop that entry from
+        the store, this process and (through the store's event) every replica, and count a false hit.
+
+        False when no hit served to `tenant` has that id within the feedback TTL (unknown, expired, already
+        reported, or another tenant's: which one is never told), or when the store cannot be reached.
+        """
+        try:
+            hit = await self._store.take_hit(request_id, tenant)
+            if hit is None:
+                return False
+            await self._store.delete([hit.entry_id])
+        except CacheUnavailable:
+            self.stats.store_unavailable += 1
+            return False
+        self._entries.forget([hit.entry_id], "feedback")
+        self.stats.false_hits[hit.namespace.category] += 1
+        return True
 
     # ---- store -----------------------------------------------------------------------------------
 
@@ -198,10 +246,10 @@ class SemanticCache:
         key = miss.key
         if not isinstance(key, _MissKey):
             return
-        answer = Answer(text, finish_reason, key.max_tokens)
+        answer = Answer(text, finish_reason, key.max_tokens, question=key.key.text)
         refused = refusal(answer)
-        if key.leader:
-            self._coalescer.settle(key.key.entry_id, answer if refused is None else None)
+        if key.leader:  # the waiters asked the very same question: theirs is an exact hit on this entry
+            self._coalescer.settle(key.key.entry_id, Found(key.key.entry_id, answer, 1.0) if refused is None else None)
         if refused is not None:
             self.stats.not_stored[(key.policy_name, refused)] += 1
             return

@@ -2,13 +2,17 @@
 
 The search index is in-process (cache/index.py); the store holds the documents. A document is split
 into a *head* (namespace, vector, timestamps: what a replica needs to index it) and the *answer*
-(text, finish_reason: fetched only on a hit), so rebuilds and replica-to-replica updates move small
-heads, never answers.
+(text, finish_reason, and the question it answers: fetched only on a hit), so rebuilds and
+replica-to-replica updates move small heads, never answers. The store also remembers for a while
+which entry served which request, so a client can report a wrong hit (`SemanticCache.feedback`).
 
 Redis layout (prefix `fleetgate:cache:` by default):
-- `<prefix>doc:<entry_id>`: a hash {head: JSON, vec: float32 bytes, text, finish, max_tokens}, with a TTL;
+- `<prefix>doc:<entry_id>`: a hash {head: JSON, vec: float32 bytes, text, finish, max_tokens, question}, with
+  a TTL (documents written before `question` existed lack it, and are read with `question` None);
 - `<prefix>events`: a stream of {op: put|del, id, origin, head?, vec?} that every replica tails to learn
-  the others' new entries and deletions (trimmed to about `events_max_len`).
+  the others' new entries and deletions (trimmed to about `events_max_len`);
+- `<prefix>hit:<xxh3 of tenant and request id>`: JSON [entry_id, tenant, model, category] of a served hit,
+  with a TTL; keyed by tenant so one tenant can neither read nor consume another's.
 
 Every Redis failure becomes `CacheUnavailable`; after one, calls fail immediately for `cooldown_s`
 (a circuit breaker) so an outage costs requests nothing, then the next call probes Redis again.
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Literal, Protocol
 
 import numpy as np
+import orjson
+import xxhash
 from pydantic import BaseModel, ConfigDict
 
 from fleetgate.cache.index import Namespace
@@ -32,6 +38,7 @@ from fleetgate.core.clock import Clock, monotonic_clock
 log = logging.getLogger("fleetgate.cache")
 
 DEFAULT_PREFIX = "fleetgate:cache:"
+DEFAULT_MAX_SERVED_HITS = 100_000  # in memory: the oldest served hits are forgotten beyond this
 
 
 class CacheUnavailable(Exception):
@@ -55,6 +62,7 @@ class Answer:
     text: str
     finish_reason: str
     max_tokens: int | None = None  # of the request that produced it: a "length" answer only fits requests asking no more
+    question: str | None = None  # the key text it answers (cache/keys.py); None: stored before it was kept, unverifiable
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,14 @@ class StoreEvent:
     head: DocumentHead | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ServedHit:
+    """Which entry answered a request from the cache: what a client's report of a wrong hit must drop."""
+
+    entry_id: str
+    namespace: Namespace  # its tenant is the only one that may report it
+
+
 class DocumentStore(Protocol):
     async def put(self, documents: list[CacheDocument]) -> None:
         """Store documents (one round trip for the batch) and announce them to the other replicas."""
@@ -82,6 +98,15 @@ class DocumentStore(Protocol):
         ...
 
     async def delete(self, entry_ids: list[str]) -> None: ...
+
+    async def remember_hit(self, request_id: str, hit: ServedHit, ttl_s: float) -> None:
+        """Keep for `ttl_s` that `hit` answered `request_id` (for every replica)."""
+        ...
+
+    async def take_hit(self, request_id: str, tenant: str) -> ServedHit | None:
+        """The hit `request_id` got if it was served to `tenant`, forgotten as it is read (a report counts once);
+        None when unknown, expired, or another tenant's."""
+        ...
 
     def heads(self, batch_size: int = 500) -> AsyncIterator[list[DocumentHead]]:
         """Every live document's head, in batches (the index rebuild on start)."""
@@ -97,9 +122,11 @@ class DocumentStore(Protocol):
 class InMemoryDocumentStore:
     """The embedded default: documents in a dict of this process, expired by the injected clock."""
 
-    def __init__(self, *, clock: Clock = time.time) -> None:
+    def __init__(self, *, clock: Clock = time.time, max_served_hits: int = DEFAULT_MAX_SERVED_HITS) -> None:
         self._clock = clock
         self._documents: dict[str, CacheDocument] = {}
+        self._hits: dict[tuple[str, str], tuple[ServedHit, float]] = {}  # (tenant, request id) -> hit, expiry; oldest first
+        self._max_hits = max_served_hits
 
     def _live(self, document: CacheDocument) -> bool:
         return self._clock() < document.head.created_s + document.head.ttl_s
@@ -119,6 +146,17 @@ class InMemoryDocumentStore:
         for entry_id in entry_ids:
             self._documents.pop(entry_id, None)
 
+    async def remember_hit(self, request_id: str, hit: ServedHit, ttl_s: float) -> None:
+        key = (hit.namespace.tenant, request_id)
+        self._hits.pop(key, None)  # re-inserted last: the dict stays in expiry order
+        self._hits[key] = (hit, self._clock() + ttl_s)
+        while len(self._hits) > self._max_hits:
+            del self._hits[next(iter(self._hits))]
+
+    async def take_hit(self, request_id: str, tenant: str) -> ServedHit | None:
+        hit, expires_s = self._hits.pop((tenant, request_id), (None, 0.0))
+        return hit if self._clock() < expires_s else None
+
     async def heads(self, batch_size: int = 500) -> AsyncIterator[list[DocumentHead]]:
         live = [d.head for d in self._documents.values() if self._live(d)]
         for start in range(0, len(live), batch_size):
@@ -130,6 +168,7 @@ class InMemoryDocumentStore:
 
     async def close(self) -> None:
         self._documents.clear()
+        self._hits.clear()
 
 
 class _HeadJson(BaseModel):
@@ -196,6 +235,10 @@ class RedisDocumentStore:
     def _key(self, entry_id: str) -> str:
         return f"{self._prefix}doc:{entry_id}"
 
+    def _hit_key(self, request_id: str, tenant: str) -> str:
+        digest = xxhash.xxh3_128_hexdigest("\0".join((tenant, request_id)).encode())
+        return f"{self._prefix}hit:{digest}"
+
     async def _call(self, operation):  # type: ignore[no-untyped-def]
         """Run one Redis operation behind the circuit breaker; every failure is CacheUnavailable."""
         if self._clock() < self._down_until_s:
@@ -221,8 +264,11 @@ class RedisDocumentStore:
                 head_json = _HeadJson.of(head).model_dump_json()
                 vec = np.asarray(head.vector, dtype=np.float32).tobytes()
                 answer = document.answer
-                pipe.hset(key, mapping={"head": head_json, "vec": vec, "text": answer.text, "finish": answer.finish_reason,
-                                        "max_tokens": "" if answer.max_tokens is None else str(answer.max_tokens)})
+                fields = {"head": head_json, "vec": vec, "text": answer.text, "finish": answer.finish_reason,
+                          "max_tokens": "" if answer.max_tokens is None else str(answer.max_tokens)}
+                if answer.question is not None:
+                    fields["question"] = answer.question
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, max(1, int(np.ceil(head.ttl_s))))
                 pipe.xadd(self._stream, {"op": "put", "id": head.entry_id, "origin": self._origin, "head": head_json, "vec": vec},
                           maxlen=self._max_len, approximate=True)
@@ -231,10 +277,12 @@ class RedisDocumentStore:
         await self._call(write)
 
     async def answer(self, entry_id: str) -> Answer | None:
-        text, finish, max_tokens = await self._call(lambda: self._client.hmget(self._key(entry_id), ["text", "finish", "max_tokens"]))
+        fields = ["text", "finish", "max_tokens", "question"]
+        text, finish, max_tokens, question = await self._call(lambda: self._client.hmget(self._key(entry_id), fields))
         if text is None or finish is None:
             return None
-        return Answer(text.decode(), finish.decode(), int(max_tokens) if max_tokens else None)
+        return Answer(text.decode(), finish.decode(), int(max_tokens) if max_tokens else None,
+                      None if question is None else question.decode())
 
     async def delete(self, entry_ids: list[str]) -> None:
         if not entry_ids:
@@ -248,6 +296,28 @@ class RedisDocumentStore:
             await pipe.execute()
 
         await self._call(remove)
+
+    async def remember_hit(self, request_id: str, hit: ServedHit, ttl_s: float) -> None:
+        ns = hit.namespace
+        record = orjson.dumps([hit.entry_id, ns.tenant, ns.model, ns.category])
+        key = self._hit_key(request_id, ns.tenant)
+        await self._call(lambda: self._client.set(key, record, ex=max(1, int(np.ceil(ttl_s)))))
+
+    async def take_hit(self, request_id: str, tenant: str) -> ServedHit | None:
+        key = self._hit_key(request_id, tenant)
+
+        async def take() -> bytes | None:
+            pipe = self._client.pipeline(transaction=True)  # GET and DEL at once (GETDEL needs Redis 6.2)
+            pipe.get(key)
+            pipe.delete(key)
+            record, _deleted = await pipe.execute()
+            return record
+
+        record = await self._call(take)
+        if record is None:
+            return None
+        entry_id, hit_tenant, model, category = orjson.loads(record)
+        return ServedHit(entry_id, Namespace(hit_tenant, model, category))
 
     async def heads(self, batch_size: int = 500) -> AsyncIterator[list[DocumentHead]]:
         cursor = 0

@@ -45,6 +45,15 @@ class PayloadTooLargeError(GatewayError):
     code = "request_too_large"
 
 
+class CacheHitNotFoundError(GatewayError):
+    """Feedback named no cache hit this key was served (or the gateway has no cache). Whether another
+    key was served one under that id is never told."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "cache_hit_not_found"
+
+
 class NoHealthyInstanceError(GatewayError):
     """Every pool the plan allows has no healthy instance right now."""
 

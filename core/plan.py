@@ -58,7 +58,8 @@ class Planner(Protocol):
 class CacheHit:
     text: str  # the cached completion text
     finish_reason: str
-    similarity: float
+    similarity: float  # cosine of the query and the cached question; 1.0 for an exact hit
+    verifier_score: float | None = None  # the verifier's score of the pair; None: exact hit or verification off
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +92,9 @@ class ResponseCache(Protocol):
 
     def set_pool_pressure(self, pool: str, over_slo: bool) -> None:
         """`pool` went over (or back under) its TTFT SLO: the cache may relax for its categories."""
+        ...
+
+    async def feedback(self, request_id: str, tenant: str) -> bool:
+        """The client of `request_id` (the gateway's x-request-id) reports its cache hit wrong: drop the entry
+        that served it. False when no hit served to `tenant` has that id (which reason is never told)."""
         ...

@@ -38,6 +38,7 @@ class InferenceRequest:
     user: str | None = None
     session_id: str | None = None  # x-session-id header, else `user`
     tenant: str = "default"  # from the API key; never shares cache entries across tenants
+    cache_bypass: bool = False  # Cache-Control: no-cache or no-store: neither answered from nor stored in the cache
     arrival_s: float = 0.0
     routing_text: str = field(init=False, repr=False, compare=False)  # chat rendered with roles and tools, or the prompt
     last_user_span: tuple[int, int] | None = field(init=False, repr=False, compare=False)  # the last user message's part of it

@@ -1,4 +1,5 @@
-"""Gateway.handle(): plan -> cache -> route -> proxy -> record, for one parsed request.
+"""Gateway.handle(): plan -> cache -> route -> proxy -> record, for one parsed request; and
+Gateway.cache_feedback(), a client reporting a cache hit wrong.
 
 Framework-free: `api.py` turns the returned `GatewayResponse` into HTTP. Everything a request
 needs is already in memory (fleet snapshot, router state, local load); the only awaits are the
@@ -17,7 +18,13 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import orjson
 
 from fleetgate.core.clock import Clock, monotonic_clock
-from fleetgate.core.errors import GatewayError, NoHealthyInstanceError, UpstreamError
+from fleetgate.core.errors import (
+    CacheHitNotFoundError,
+    GatewayError,
+    InvalidRequestError,
+    NoHealthyInstanceError,
+    UpstreamError,
+)
 from fleetgate.core.plan import (
     CacheHit,
     CacheMiss,
@@ -31,6 +38,7 @@ from fleetgate.pools.model import Endpoint, FleetSnapshot
 from fleetgate.pools.registry import FleetRegistry
 from fleetgate.router.cache_replay import replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
+from fleetgate.router.ingress import tenant_of
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.pressure import PoolPressure
 from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
@@ -47,6 +55,8 @@ log = logging.getLogger("fleetgate.gateway")
 
 _API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _DONE = b"data: [DONE]\n\n"
+
+
 
 
 @dataclass(slots=True)
@@ -348,15 +358,46 @@ class Gateway:
         if changed is not None:
             self.cache.set_pool_pressure(pool, changed)
 
+    async def cache_feedback(self, raw_body: bytes, headers: Mapping[str, str]) -> None:
+        """`POST /v1/cache/feedback`: the caller says the cache hit it got as `request_id` answered another
+        question; the cache drops that entry. Only hits served to the caller's own key (its tenant, derived as
+        for inference) can be reported; anything else is one indistinguishable CacheHitNotFoundError."""
+        request_id = _feedback_request_id(raw_body)
+        if self.cache is None:
+            raise CacheHitNotFoundError("this gateway runs without a semantic cache: no answer came from a cache")
+        if not await self.cache.feedback(request_id, tenant_of(headers)):
+            raise CacheHitNotFoundError("no cache hit served to this API key has that request_id (or it is too old)",
+                                        param="request_id")
+
     def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit) -> GatewayResponse:
         headers = {"x-request-id": request.request_id, "x-fleetgate-pool": "cache",
                    "x-fleetgate-instance": "semantic-cache", "x-fleetgate-route": "cache-hit",
                    "x-fleetgate-rule": plan.rule, "x-fleetgate-cache": "hit",
                    "x-fleetgate-cache-similarity": f"{hit.similarity:.4f}"}
+        if hit.verifier_score is not None:
+            headers["x-fleetgate-cache-verifier"] = f"{hit.verifier_score:.4f}"
         self.metrics.requests.labels(request.api, "cache", "semantic-cache", "cache-hit").inc()
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
+
+
+def _feedback_request_id(raw_body: bytes) -> str:
+    """The `request_id` of a feedback body `{"request_id": str, "reason"?: str}`; the reason is accepted for the
+    client's own records and never kept (it may quote the prompt)."""
+    try:
+        body = orjson.loads(raw_body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object", param="body")
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequestError("'request_id' is required: the x-request-id of the cached answer that was wrong",
+                                  param="request_id")
+    if not isinstance(body.get("reason", ""), str):
+        raise InvalidRequestError("'reason' must be a string", param="reason")
+    return request_id
 
 
 class _Flight:

@@ -96,12 +96,19 @@ def parse_inference_request(
         n=n,
         user=user,
         session_id=headers.get("x-session-id") or user,
-        tenant=_tenant(headers),
+        tenant=tenant_of(headers),
+        cache_bypass=_refuses_cached(headers),
         arrival_s=arrival_s,
     )
 
 
-def _tenant(headers: Mapping[str, str]) -> str:
+def _refuses_cached(headers: Mapping[str, str]) -> bool:
+    """`Cache-Control: no-cache` (or `no-store`): the client wants a fresh answer, and none of it kept."""
+    directives = {d.split("=", 1)[0].strip().lower() for d in headers.get("cache-control", "").split(",")}
+    return not directives.isdisjoint({"no-cache", "no-store"})
+
+
+def tenant_of(headers: Mapping[str, str]) -> str:
     """The tenant is a hash of the API key, so cache entries never cross keys and keys are never
     kept in memory or Redis; no key -> "default"."""
     token = headers.get("authorization", "").removeprefix("Bearer ").strip()

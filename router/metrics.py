@@ -80,13 +80,20 @@ class _CacheCollector(Collector):
         for category, size in by_category.items():
             entries.add_metric([category], size)
         yield entries
-        relaxed = CounterMetricFamily("fleetgate_cache_relaxed_hits", "Hits only the load-relaxed threshold allowed.",
-                                      labels=["category"])
-        for category, count in stats.relaxed_hits.items():
-            relaxed.add_metric([category], count)
-        yield relaxed
+        for name, documentation, counts in (
+            ("fleetgate_cache_relaxed_hits", "Hits only the load-relaxed threshold allowed.", stats.relaxed_hits),
+            ("fleetgate_cache_verifier_rejections", "Similarity candidates the verifier refused to serve "
+             "(documents stored without their question included).", stats.verifier_rejections),
+            ("fleetgate_cache_false_hits", "Hits clients reported wrong (POST /v1/cache/feedback); their entries "
+             "were dropped.", stats.false_hits),
+        ):
+            per_category = CounterMetricFamily(name, documentation, labels=["category"])
+            for category, count in counts.items():
+                per_category.add_metric([category], count)
+            yield per_category
         for name, documentation, label, counts in (
-            ("fleetgate_cache_evictions", "Entries evicted, by reason (quota, expired, gone).", "reason", stats.evictions),
+            ("fleetgate_cache_evictions", "Entries evicted, by reason (quota, expired, gone, deleted, feedback).", "reason",
+             stats.evictions),
             ("fleetgate_cache_adaptations", "Load adaptations: relax when the pool went over SLO, restore when back.",
              "direction", stats.adaptations),
         ):

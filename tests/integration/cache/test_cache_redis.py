@@ -1,6 +1,7 @@
-"""Semantic cache on a real redis-server with the real embedding model (all-MiniLM-L6-v2, offline).
+"""Semantic cache on a real redis-server with the real embedding model (all-MiniLM-L6-v2, offline) and the shipped verifier.
 
-Paraphrase hits, restart rebuild, two replicas sharing one Redis, and a Redis outage mid-run.
+Paraphrase hits, restart rebuild, two replicas sharing one Redis, a Redis outage mid-run, verified hits,
+documents written before questions were kept, and feedback that drops a wrong hit for every replica.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from typing import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as redis
 from support.gateway import eventually
 from support.redis_server import RedisServer
 
@@ -27,6 +29,9 @@ pytestmark = pytest.mark.integration
 QUESTION = "How do I reset my password?"
 PARAPHRASE = "I forgot my password, how can I change it?"
 UNRELATED = "What is the capital of France?"
+LAPTOP = "What is the best laptop under 500 dollars?"
+LAPTOP_1000 = "What is the best laptop under 1000 dollars?"  # one number apart: another question
+LAPTOP_PARAPHRASE = "What's the best laptop for under 500 dollars?"
 POLICIES = {"faq": CachePolicy(enabled=True, threshold=0.8, ttl_s=3600.0, max_entries=100)}
 
 
@@ -41,9 +46,10 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def request(text: str) -> InferenceRequest:
+def request(text: str, request_id: str | None = None) -> InferenceRequest:
     messages = ({"role": "user", "content": text},)
-    return InferenceRequest(f"r{time.monotonic_ns()}", "chat", "m", {"messages": list(messages)}, False, messages=messages)
+    return InferenceRequest(request_id or f"r{time.monotonic_ns()}", "chat", "m", {"messages": list(messages)}, False,
+                            messages=messages)
 
 
 PROFILE = WorkloadProfile(api="chat", model="m", tenant="default", prompt_tokens=10, output_tokens=10, turns=1,
@@ -123,4 +129,54 @@ async def test_redis_outage_is_a_miss_and_the_cache_recovers(model: SentenceTran
             assert time.monotonic() < deadline, "the cache did not recover within 5 s of Redis coming back"
             await asyncio.sleep(0.05)
         await remember(cache, UNRELATED, "Paris")
-        assert isinstance(await cache.lookup(request("Which city is the capital of France?"), PLAN), CacheHit)
+        assert isinstance(await cache.lookup(request("What's the capital of France?"), PLAN), CacheHit)
+
+
+async def test_the_verifier_refuses_a_candidate_one_number_apart(model: SentenceTransformerEmbedder, redis_server: RedisServer) -> None:
+    async with semantic_cache(model, redis_server.url) as cache:
+        await remember(cache, LAPTOP, "The X1.")
+        assert isinstance(await cache.lookup(request(LAPTOP_1000), PLAN), CacheMiss)  # cosine about 0.9: a candidate
+        assert cache.stats.verifier_rejections == {"faq": 1}
+        hit = await cache.lookup(request(LAPTOP_PARAPHRASE), PLAN)
+        assert isinstance(hit, CacheHit) and hit.verifier_score is not None and hit.verifier_score >= 0.8
+        cache.update_policies({"faq": POLICIES["faq"].model_copy(update={"verify": False})})
+        served = await cache.lookup(request(LAPTOP_1000), PLAN)
+        assert isinstance(served, CacheHit) and served.text == "The X1." and served.verifier_score is None
+
+
+async def test_a_document_written_before_questions_were_kept_is_an_exact_hit_only(
+    model: SentenceTransformerEmbedder, redis_server: RedisServer,
+) -> None:
+    async with semantic_cache(model, redis_server.url) as cache:
+        await remember(cache, QUESTION, "A")
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            keys = [key async for key in client.scan_iter(match="fleetgate:cache:doc:*")]
+            assert len(keys) == 1 and await client.hdel(keys[0], "question") == 1  # the older gateway's format
+        finally:
+            await client.aclose()
+        assert isinstance(await cache.lookup(request(PARAPHRASE), PLAN), CacheMiss)
+        assert cache.stats.verifier_rejections == {"faq": 1}
+        assert await cache.lookup(request(QUESTION), PLAN) == CacheHit("A", "stop", 1.0)
+
+
+async def test_feedback_drops_a_wrong_hit_for_every_replica(model: SentenceTransformerEmbedder, redis_server: RedisServer) -> None:
+    async with semantic_cache(model, redis_server.url) as a, semantic_cache(model, redis_server.url) as b:
+        await remember(a, QUESTION, "from replica a")
+        await eventually(lambda: sum(b.sizes().values()) == 1, timeout_s=5.0, what="replica b learning a's entry")
+        assert isinstance(await b.lookup(request(PARAPHRASE, "req-1"), PLAN), CacheHit)
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            served = [key async for key in client.scan_iter(match="fleetgate:cache:hit:*")]
+            assert len(served) == 1 and 3590 <= await client.ttl(served[0]) <= 3600  # kept for an hour, then gone
+        finally:
+            await client.aclose()
+        assert not await a.feedback("req-1", "key-someone-else")
+        assert not await a.feedback("req-2", "default")
+        assert await a.feedback("req-1", "default")  # b served it; a knows it through Redis
+        assert not await b.feedback("req-1", "default")  # once
+        assert a.stats.false_hits == {"faq": 1} and a.sizes() == {}
+        await eventually(lambda: sum(b.sizes().values()) == 0 and b.stats.evictions[("faq", "deleted")] == 1,
+                         timeout_s=5.0, what="replica b dropping the reported entry")
+        for replica in (a, b):
+            assert isinstance(await replica.lookup(request(PARAPHRASE), PLAN), CacheMiss)

@@ -32,6 +32,8 @@ def request(**fields: Any) -> InferenceRequest:
         (ENABLED, {"tools": (TOOL,)}, "tools"),
         (CachePolicy(enabled=True, cacheable=CacheableConditions(tools=True)), {"tools": (TOOL,)}, None),
         (ENABLED, {"n": 2}, "n"),
+        (ENABLED, {"cache_bypass": True}, "client-no-cache"),  # Cache-Control: no-cache / no-store
+        (CachePolicy(enabled=False), {"cache_bypass": True}, "disabled"),
         (CachePolicy(enabled=True, cacheable=CacheableConditions(max_n=2)), {"n": 2}, None),
     ],
 )
