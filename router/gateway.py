@@ -21,7 +21,6 @@ from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.errors import (
     CacheHitNotFoundError,
     GatewayError,
-    InvalidRequestError,
     NoHealthyInstanceError,
     UpstreamError,
 )
@@ -38,7 +37,7 @@ from fleetgate.pools.model import Endpoint, FleetSnapshot
 from fleetgate.pools.registry import FleetRegistry
 from fleetgate.router.cache_replay import replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
-from fleetgate.router.ingress import tenant_of
+from fleetgate.router.ingress import parse_cache_feedback, tenant_of
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.pressure import PoolPressure
 from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
@@ -362,7 +361,7 @@ class Gateway:
         """`POST /v1/cache/feedback`: the caller says the cache hit it got as `request_id` answered another
         question; the cache drops that entry. Only hits served to the caller's own key (its tenant, derived as
         for inference) can be reported; anything else is one indistinguishable CacheHitNotFoundError."""
-        request_id = _feedback_request_id(raw_body)
+        request_id = parse_cache_feedback(raw_body)
         if self.cache is None:
             raise CacheHitNotFoundError("this gateway runs without a semantic cache: no answer came from a cache")
         if not await self.cache.feedback(request_id, tenant_of(headers)):
@@ -381,23 +380,6 @@ class Gateway:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
 
-
-def _feedback_request_id(raw_body: bytes) -> str:
-    """The `request_id` of a feedback body `{"request_id": str, "reason"?: str}`; the reason is accepted for the
-    client's own records and never kept (it may quote the prompt)."""
-    try:
-        body = orjson.loads(raw_body)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object", param="body")
-    request_id = body.get("request_id")
-    if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequestError("'request_id' is required: the x-request-id of the cached answer that was wrong",
-                                  param="request_id")
-    if not isinstance(body.get("reason", ""), str):
-        raise InvalidRequestError("'reason' must be a string", param="reason")
-    return request_id
 
 
 class _Flight:

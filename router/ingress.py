@@ -48,6 +48,26 @@ def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(value)
 
 
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
+    _require(isinstance(body, dict), "request body must be a JSON object", "body")
+    return body
+
+
+def parse_cache_feedback(raw: bytes) -> str:
+    """The `request_id` of a cache feedback body `{"request_id": str, "reason"?: str}`; the reason is
+    accepted for the client's own records and never kept (it may quote the prompt)."""
+    body = _json_object(raw)
+    request_id = body.get("request_id")
+    _require(isinstance(request_id, str) and request_id != "",
+             "'request_id' is required: the x-request-id of the cached answer that was wrong", "request_id")
+    _require(isinstance(body.get("reason", ""), str), "'reason' must be a string", "reason")
+    return request_id
+
+
 def parse_inference_request(
     raw: bytes,
     api: ApiKind,
@@ -57,11 +77,7 @@ def parse_inference_request(
     headers: Mapping[str, str],
 ) -> InferenceRequest:
     """Parse and validate one chat or completions body (headers with lower-case names)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
-    _require(isinstance(body, dict), "request body must be a JSON object", "body")
+    body = _json_object(raw)
     model = body.get("model")
     _require(isinstance(model, str) and model != "", "'model' is required and must be a string", "model")
     stream = body.get("stream", False)
