@@ -17,20 +17,43 @@ which `fleet up` starts and the gateway then finds at the same URLs).
         instances:
           - url: http://10.0.0.7:8000
             weight: 2
+            kv_events: tcp://10.0.0.7:5557   # its KV-cache events (precise mode)
+
+Precise mode (docs/routing.md): an instance's `kv_events` is the ZMQ address its vLLM publishes
+KV-cache events on (`--kv-events-config`); a count/base_port pool's `kv_events_base_port` gives
+instance i `tcp://127.0.0.1:<kv_events_base_port + i>` (what `fleet up` makes its emulators
+publish on). A pool's `tokenizer` names the tokenizer.json its engines use, so the gateway keys
+prompts with the same token ids; without it, the emulator's character blocks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.core.yamlconf import load_yaml, parse_yaml
+from fleetgate.pools.gpus import (
+    GPU_NAME_PATTERN,
+    GpuProfileConfig,
+    custom_gpu_names,
+    known_gpu,
+    not_built_in,
+)
 from fleetgate.pools.model import Endpoint, Pool
-from fleetgate.pools.profiles import PROFILES, get_profile
+from fleetgate.pools.profiles import GpuProfile, get_profile
 
 
 class InstanceConfig(BaseModel):
@@ -40,13 +63,12 @@ class InstanceConfig(BaseModel):
     name: str | None = None
     weight: float = Field(default=1.0, gt=0)
     gpu: str | None = None  # overrides the pool's GPU profile for a mixed-hardware pool
+    kv_events: str | None = Field(default=None, pattern=r"^(tcp|ipc)://.+")  # ZMQ address of its KV events
 
     @field_validator("gpu")
     @classmethod
     def _known_instance_gpu(cls, gpu: str | None) -> str | None:
-        if gpu is not None and gpu.lower() not in PROFILES:
-            raise ValueError(f"unknown GPU profile {gpu!r}; known: {', '.join(sorted(PROFILES))}")
-        return gpu.lower() if gpu else None
+        return known_gpu(gpu) if gpu else None
 
     @field_validator("url")
     @classmethod
@@ -67,13 +89,13 @@ class PoolConfig(BaseModel):
     instances: list[InstanceConfig] = []
     count: int | None = Field(default=None, gt=0)
     base_port: int | None = Field(default=None, gt=0, lt=65536)
+    kv_events_base_port: int | None = Field(default=None, gt=0, lt=65536)  # count pools: instance i publishes on +i
+    tokenizer: str | None = None  # path of the engines' tokenizer.json (precise-mode keys)
 
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, gpu: str) -> str:
-        if gpu.lower() not in PROFILES:
-            raise ValueError(f"unknown GPU profile {gpu!r}; known: {', '.join(sorted(PROFILES))}")
-        return gpu.lower()
+        return known_gpu(gpu)
 
     @model_validator(mode="after")
     def _instances_or_count(self) -> "PoolConfig":
@@ -81,11 +103,12 @@ class PoolConfig(BaseModel):
             raise ValueError("give either `instances` (URLs) or `count` with `base_port`, not both")
         if self.count is not None and self.base_port is None:
             raise ValueError("`count` needs `base_port`")
+        if self.kv_events_base_port is not None and self.count is None:
+            raise ValueError("`kv_events_base_port` is for count/base_port pools; give instances `kv_events`")
         return self
 
-    @property
-    def context_tokens(self) -> int:
-        return self.max_context_tokens or get_profile(self.gpu).max_model_len
+    def context_tokens(self, custom: Mapping[str, GpuProfile] | None = None) -> int:
+        return self.max_context_tokens or get_profile(self.gpu, custom).max_model_len
 
     def instance_urls(self) -> list[tuple[str, float]]:
         """(url, weight) of every instance, generating loopback URLs for count/base_port pools."""
@@ -93,28 +116,49 @@ class PoolConfig(BaseModel):
             return [(f"http://127.0.0.1:{self.base_port + i}", 1.0) for i in range(self.count)]
         return [(i.url, i.weight) for i in self.instances]
 
-    def to_pool(self) -> Pool:
+    def kv_events_urls(self) -> list[str | None]:
+        """Each instance's KV-events address, in `instance_urls` order (None: it publishes none)."""
+        if self.count is not None:
+            base = self.kv_events_base_port
+            return [None if base is None else f"tcp://127.0.0.1:{base + i}" for i in range(self.count)]
+        return [i.kv_events for i in self.instances]
+
+    def to_pool(self, custom: Mapping[str, GpuProfile] | None = None) -> Pool:
+        """The pool's endpoints; `custom`: the fleet file's own GPU profiles by name."""
         named = {i.url: i.name for i in self.instances if i.name}
         gpus = {i.url: i.gpu for i in self.instances if i.gpu}
+        context_tokens = self.context_tokens(custom)
         endpoints = tuple(
             Endpoint(
                 name=named.get(url) or f"{self.name}-{index}",
                 url=url,
                 pool=self.name,
                 model=self.model,
-                gpu=gpus.get(url, self.gpu),
-                max_context_tokens=self.context_tokens,
+                gpu=(gpu := gpus.get(url, self.gpu)),
+                gpu_profile=custom.get(gpu) if custom else None,
+                max_context_tokens=context_tokens,
                 weight=weight,
+                kv_events=kv_events,
             )
-            for index, (url, weight) in enumerate(self.instance_urls())
+            for index, ((url, weight), kv_events) in enumerate(zip(self.instance_urls(), self.kv_events_urls()))
         )
-        return Pool(name=self.name, model=self.model, endpoints=endpoints)
+        return Pool(name=self.name, model=self.model, endpoints=endpoints, tokenizer=self.tokenizer)
 
 
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # custom GPU profiles by name (pools/gpus.py), beside the built-in h100, a100 and l4
+    gpus: dict[Annotated[str, StringConstraints(pattern=GPU_NAME_PATTERN), AfterValidator(not_built_in)],
+               GpuProfileConfig] = {}
     pools: list[PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _pools_may_use_custom_gpus(cls, data: Any, handler: ModelWrapValidatorHandler["FleetConfig"]) -> "FleetConfig":
+        gpus = data.get("gpus") if isinstance(data, dict) else None
+        with custom_gpu_names(gpus if isinstance(gpus, dict) else ()):
+            return handler(data)
 
     @model_validator(mode="after")
     def _unique_names_and_ports(self) -> "FleetConfig":
@@ -128,8 +172,13 @@ class FleetConfig(BaseModel):
             raise ValueError(f"each instance URL may appear once; repeated: {', '.join(repeated)}")
         return self
 
+    def profiles(self) -> dict[str, GpuProfile]:
+        """The custom GPU profiles by name."""
+        return {name: gpu.to_profile(name) for name, gpu in self.gpus.items()}
+
     def to_pools(self) -> dict[str, Pool]:
-        return {p.name: p.to_pool() for p in self.pools}
+        custom = self.profiles()
+        return {p.name: p.to_pool(custom) for p in self.pools}
 
 
 def load_fleet(path: str | Path) -> FleetConfig:
@@ -147,16 +196,22 @@ def single_pool_fleet(urls: list[str], model: str, gpu: str = DEFAULT_GPU, name:
 
 def fleet_from_pools(pools: Mapping[str, Pool]) -> FleetConfig:
     """The fleet file of pools that are already running (e.g. an emulated fleet on free ports)."""
-    return FleetConfig(pools=[
-        PoolConfig(
-            name=pool.name,
-            model=pool.model,
-            gpu=pool.endpoints[0].gpu,
-            max_context_tokens=pool.max_context_tokens,
-            instances=[InstanceConfig(url=e.url, name=e.name, weight=e.weight, gpu=e.gpu) for e in pool.endpoints],
-        )
-        for pool in pools.values()
-    ])
+    custom = {e.gpu: e.gpu_profile for pool in pools.values() for e in pool.endpoints if e.gpu_profile is not None}
+    gpus = {name: GpuProfileConfig.from_profile(profile) for name, profile in custom.items()}
+    with custom_gpu_names(gpus):
+        return FleetConfig(gpus=gpus, pools=[_running_pool(pool) for pool in pools.values()])
+
+
+def _running_pool(pool: Pool) -> PoolConfig:
+    return PoolConfig(
+        name=pool.name,
+        model=pool.model,
+        gpu=pool.endpoints[0].gpu,
+        max_context_tokens=pool.max_context_tokens,
+        instances=[InstanceConfig(url=e.url, name=e.name, weight=e.weight, gpu=e.gpu, kv_events=e.kv_events)
+                   for e in pool.endpoints],
+        tokenizer=pool.tokenizer,
+    )
 
 
 def dump_fleet(config: FleetConfig) -> str:

@@ -26,10 +26,12 @@ class Endpoint:
     gpu: str = DEFAULT_GPU
     max_context_tokens: int = 32768
     weight: float = 1.0  # relative capacity within its pool (virtual nodes on hash rings)
+    gpu_profile: GpuProfile | None = None  # the fleet file's custom profile called `gpu`; None: the built-in one
+    kv_events: str | None = None  # ZMQ address of its KV-cache events (precise mode), e.g. tcp://127.0.0.1:5557
 
     @property
     def profile(self) -> GpuProfile:
-        return get_profile(self.gpu)
+        return self.gpu_profile if self.gpu_profile is not None else get_profile(self.gpu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class Pool:
     name: str
     model: str
     endpoints: tuple[Endpoint, ...]
+    tokenizer: str | None = None  # tokenizer.json its engines use (precise mode keys); None: character blocks
 
     @property
     def max_context_tokens(self) -> int:
@@ -55,6 +58,7 @@ class EndpointState:
     kv_usage_ratio: float = 0.0  # vllm:kv_cache_usage_perc (0..1)
     prefix_queries_tokens: float = 0.0  # vllm:prefix_cache_queries_total
     prefix_hits_tokens: float = 0.0  # vllm:prefix_cache_hits_total
+    kv_cache_tokens: int | None = None  # vllm:cache_config_info num_gpu_blocks x block_size; None: not exported
     scraped_at_s: float = 0.0
 
 

@@ -27,6 +27,7 @@ Sources for the figures (rounded; cross-checked against each other):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 KV_BYTES_PER_TOKEN = 131_072
 """Llama-3.1-8B: 32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes."""
@@ -109,9 +110,12 @@ L4_24GB = GpuProfile(
 PROFILES: dict[str, GpuProfile] = {p.name: p for p in (H100_80GB, A100_40GB, L4_24GB)}
 
 
-def get_profile(name: str) -> GpuProfile:
-    """The profile called `name` (h100, a100, l4); a clear error lists the known ones."""
-    try:
-        return PROFILES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown GPU profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+def get_profile(name: str, custom: Mapping[str, GpuProfile] | None = None) -> GpuProfile:
+    """The profile called `name`: built in (h100, a100, l4) or one of `custom` (a fleet file's
+    `gpus:`, pools/gpus.py); a clear error lists the known ones."""
+    key = name.lower()
+    profile = PROFILES.get(key) or (custom.get(key) if custom else None)
+    if profile is None:
+        known = sorted({*PROFILES, *(custom or {})})
+        raise ValueError(f"unknown GPU profile {name!r}; known: {', '.join(known)}")
+    return profile

@@ -19,6 +19,7 @@ bytes and notices no client disconnect until the generation is over.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -63,6 +64,7 @@ class VllmSettings:
     engine_nice: int = 10  # the API server (nice 0) must win the CPU from its own engine (module docstring)
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()  # e.g. (("VLLM_SERVER_DEV_MODE", "1"),) for /reset_prefix_cache
+    kv_events_dir: Path | None = None  # publish KV-cache events on ipc://<dir>/kv-events-<port> (precise mode)
 
     @property
     def python(self) -> Path:
@@ -75,8 +77,20 @@ class VllmSettings:
             "--host", host, "--port", str(port), "--max-model-len", str(self.max_model_len),
             "--enable-prefix-caching", "--dtype", "bfloat16",
             "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens, as the emulator reports
+            *self.kv_events_args(port),
             *self.extra_args,
         ]
+
+    def kv_events_url(self, port: int) -> str | None:
+        """Where the instance on `port` publishes KV events. An ipc socket: vLLM binds only ipc and
+        wildcard tcp addresses (it connects to any other), and instances here bind loopback only."""
+        return None if self.kv_events_dir is None else f"ipc://{self.kv_events_dir}/kv-events-{port}"
+
+    def kv_events_args(self, port: int) -> list[str]:
+        url = self.kv_events_url(port)
+        if url is None:
+            return []
+        return ["--kv-events-config", json.dumps({"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": url})]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "PYTHONUNBUFFERED": "1",

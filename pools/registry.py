@@ -6,6 +6,10 @@ every `probe_interval_s`, then publishes a new `FleetSnapshot`; the request path
 (`report_failure`) and it is ejected at once, for at least `eject_cooldown_s`; it is re-admitted
 by the first successful probe after that. With the defaults a dead instance is out within one
 failed request, or within one probe interval (0.5 s) when no request hits it.
+
+Precise mode: for every endpoint with `kv_events` the run loop also keeps a subscription to its
+KV-cache events (pools/kv_events.py); `kv_view` hands routers that instance's exact cache
+contents and `kv_hashes` keys a prompt the way the pool's engines do.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Mapping
 import aiohttp
 
 from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.request import InferenceRequest
+from fleetgate.pools.kv_events import InstanceKvBlocks, KvStatus, KvSubscriptions
+from fleetgate.pools.kv_keys import kv_hashes, prompt_keys
 from fleetgate.pools.model import Endpoint, EndpointState, FleetSnapshot, Pool
 from fleetgate.pools.scrape import parse_vllm_metrics
 
@@ -41,6 +48,7 @@ class FleetRegistry:
         self._policy = policy
         self._ejected_until_s: dict[str, float] = {}
         self._snapshot = FleetSnapshot(version=0, pools=MappingProxyType(dict(pools)))
+        self._kv = KvSubscriptions(clock=clock)
 
     @property
     def snapshot(self) -> FleetSnapshot:
@@ -73,13 +81,42 @@ class FleetRegistry:
         return self._snapshot
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        """Refresh forever (cancel the task to stop); one failed round never stops the loop."""
-        while True:
-            try:
-                await self.refresh(session)
-            except Exception:  # noqa: BLE001 - a probe bug must not kill health checking
-                log.exception("fleet refresh failed")
-            await asyncio.sleep(self._policy.probe_interval_s)
+        """Refresh forever (cancel the task to stop); one failed round never stops the loop. KV-event
+        subscriptions follow the fleet's layout each round and stop with the loop."""
+        try:
+            while True:
+                self._kv.sync(self.endpoints)
+                try:
+                    await self.refresh(session)
+                except Exception:  # noqa: BLE001 - a probe bug must not kill health checking
+                    log.exception("fleet refresh failed")
+                await asyncio.sleep(self._policy.probe_interval_s)
+        finally:
+            await self._kv.close()
+
+    def kv_view(self, endpoint: Endpoint) -> InstanceKvBlocks | None:
+        """The instance's exact cache contents (a router KvView) when it has `kv_events`, else None."""
+        return self._kv.view(endpoint)
+
+    def kv_live(self, pool_name: str) -> bool:
+        """Whether some instance of `pool_name` has a live KV-event view (precise mode)."""
+        pool = self._snapshot.pools.get(pool_name)
+        return pool is not None and self._kv.live_block_tokens(pool.endpoints) is not None
+
+    def kv_hashes(self, pool_name: str, request: InferenceRequest) -> tuple[int, ...]:
+        """`request`'s KV block keys for `pool_name`'s engines, in the block size its live views
+        report; () when none of its instances is live (then no router can use them)."""
+        pool = self._snapshot.pools.get(pool_name)
+        if pool is None:
+            return ()
+        block_tokens = self._kv.live_block_tokens(pool.endpoints)
+        if block_tokens is None:
+            return ()
+        return kv_hashes(prompt_keys(pool.tokenizer), request, block_tokens)
+
+    def kv_status(self) -> list[KvStatus]:
+        """Every KV-event subscription's state (for metrics)."""
+        return self._kv.status()
 
     async def _probe(self, session: aiohttp.ClientSession, endpoint: Endpoint) -> EndpointState:
         timeout = aiohttp.ClientTimeout(total=self._policy.probe_timeout_s)
@@ -103,6 +140,7 @@ class FleetRegistry:
             kv_usage_ratio=load.kv_usage_ratio,
             prefix_queries_tokens=load.prefix_queries_tokens,
             prefix_hits_tokens=load.prefix_hits_tokens,
+            kv_cache_tokens=load.kv_cache_tokens,
             scraped_at_s=now_s,
         )
 

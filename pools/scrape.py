@@ -4,10 +4,16 @@ Only the handful of series we need are read, with a line scan instead of a full 
 (a scrape of a busy vLLM is ~100 KB and this runs every half second per instance). Values of the
 same metric across label sets (engines, models) are summed. Both the current name
 (`vllm:kv_cache_usage_perc`) and the pre-v1 one (`vllm:gpu_cache_usage_perc`) are understood.
+
+KV capacity comes from vLLM's info gauge `vllm:cache_config_info{block_size="16",
+num_gpu_blocks="8192",...} 1`: its labels are the engine's CacheConfig, and num_gpu_blocks x
+block_size is how many tokens of KV the instance really holds (the profile's figure is a guess).
+`num_gpu_blocks="None"` (not yet profiled) counts as unknown.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _WANTED = {
@@ -18,6 +24,9 @@ _WANTED = {
     "vllm:prefix_cache_queries_total": "prefix_queries_tokens",
     "vllm:prefix_cache_hits_total": "prefix_hits_tokens",
 }
+_CACHE_CONFIG = "vllm:cache_config_info{"
+_NUM_GPU_BLOCKS = re.compile(r'[{,]num_gpu_blocks="(\d+)"')
+_BLOCK_SIZE = re.compile(r'[{,]block_size="(\d+)"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +36,20 @@ class ScrapedLoad:
     kv_usage_ratio: float = 0.0
     prefix_queries_tokens: float = 0.0
     prefix_hits_tokens: float = 0.0
+    kv_cache_tokens: int | None = None  # num_gpu_blocks x block_size, summed over engines; None: not exported
 
 
 def parse_vllm_metrics(text: str) -> ScrapedLoad:
     """Sum each wanted series over its label sets; unknown or malformed lines are ignored."""
     totals: dict[str, float] = {}
+    kv_cache_tokens: int | None = None
     for line in text.splitlines():
         if not line.startswith("vllm:"):
+            continue
+        if line.startswith(_CACHE_CONFIG):
+            blocks, block_size = _NUM_GPU_BLOCKS.search(line), _BLOCK_SIZE.search(line)
+            if blocks and block_size:
+                kv_cache_tokens = (kv_cache_tokens or 0) + int(blocks.group(1)) * int(block_size.group(1))
             continue
         name_end = line.find("{")
         if name_end < 0:
@@ -52,4 +68,5 @@ def parse_vllm_metrics(text: str) -> ScrapedLoad:
         kv_usage_ratio=totals.get("kv_usage_ratio", 0.0),
         prefix_queries_tokens=totals.get("prefix_queries_tokens", 0.0),
         prefix_hits_tokens=totals.get("prefix_hits_tokens", 0.0),
+        kv_cache_tokens=kv_cache_tokens,
     )

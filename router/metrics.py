@@ -6,7 +6,7 @@ ids or prompts. Histogram buckets span cached-prefix TTFTs (a few ms) to long qu
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +28,9 @@ class GatewayMetrics:
         self.tpot = Histogram(
             "fleetgate_time_per_output_token_seconds", "Mean gap between streamed chunks after the first.",
             ["pool", "instance"], buckets=_TPOT_BUCKETS_S, registry=registry)
+        self.ttft_estimate_error = Histogram(
+            "fleetgate_ttft_estimate_error_seconds", "|observed - estimated| TTFT of streamed requests, for "
+            "routers that estimate TTFT (DualMap).", ["pool"], buckets=_LATENCY_BUCKETS_S, registry=registry)
         self.e2e = Histogram(
             "fleetgate_e2e_request_latency_seconds", "Gateway arrival to the last byte.",
             ["pool", "instance"], buckets=_LATENCY_BUCKETS_S, registry=registry)
@@ -56,6 +59,40 @@ class GatewayMetrics:
     def watch_cache(self, cache: "CacheCounters") -> None:
         """Export the semantic cache's own counters at scrape time (it keeps plain counters)."""
         self.registry.register(_CacheCollector(cache))
+
+    def watch_kv(self, source: "KvSource") -> None:
+        """Export the KV-event subscriptions' state (precise mode) at scrape time."""
+        self.registry.register(_KvCollector(source))
+
+
+class KvSource(Protocol):
+    """What the fleet registry exposes about KV-event subscriptions (pools/kv_events.py KvStatus)."""
+
+    def kv_status(self) -> Iterable[Any]: ...
+
+
+class _KvCollector(Collector):
+    def __init__(self, source: KvSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "instance"]
+        live = GaugeMetricFamily("fleetgate_kv_events_live", "1 while an instance's KV events are current (precise "
+                                 "mode), 0 while routers fall back to their approximate view.", labels=labels)
+        blocks = GaugeMetricFamily("fleetgate_kv_cached_blocks", "Prefix-cache blocks the instance's KV events say "
+                                   "it holds.", labels=labels)
+        batches = CounterMetricFamily("fleetgate_kv_event_batches", "KV event batches received.", labels=labels)
+        events = CounterMetricFamily("fleetgate_kv_events", "KV events applied.", labels=labels)
+        gaps = CounterMetricFamily("fleetgate_kv_event_gaps", "Sequence gaps (a mid-stream join included): each "
+                                   "clears the view until the publisher resyncs.", labels=labels)
+        for status in self._source.kv_status():
+            key = [status.pool, status.instance]
+            live.add_metric(key, 1.0 if status.live else 0.0)
+            blocks.add_metric(key, status.blocks)
+            batches.add_metric(key, status.batches)
+            events.add_metric(key, status.events)
+            gaps.add_metric(key, status.gaps)
+        yield from (live, blocks, batches, events, gaps)
 
 
 class CacheCounters(Protocol):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleetgate.core.tokens import KV_BLOCK_TOKENS
 from fleetgate.pools.profiles import GpuProfile
@@ -39,6 +40,19 @@ class EngineRequest:
     prompt_tokens: int
     max_tokens: int  # output tokens to generate (exactly this many unless aborted or over max_model_len)
     arrival_s: float
+
+
+class KvListener(Protocol):
+    """Told of every prefix-cache block the engine stores or evicts (the emulator publishes them
+    as vLLM's KV events); called inside `step`, so it must only record."""
+
+    def stored(self, request_id: str, index: int, block_hash: int, parent_hash: int | None) -> None:
+        """Prompt block `index` of the request is now cached under `block_hash`."""
+        ...
+
+    def removed(self, block_hash: int) -> None:
+        """The cached block `block_hash` was evicted."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,7 @@ class Engine:
         if self.total_blocks < 1:
             raise ValueError("the KV cache must hold at least one 16-token block")
         self.enable_prefix_caching = enable_prefix_caching
+        self.kv_listener: KvListener | None = None
         # vLLM refuses to start when max_model_len does not fit in the KV cache; we clip instead.
         self.max_model_len = min(profile.max_model_len, self.total_blocks * _B)
         self._free_blocks = self.total_blocks  # never-hashed free blocks
@@ -184,6 +199,44 @@ class Engine:
             generation_tokens_total=self._generation_total,
             finished_total=self._finished_total,
         )
+
+    def matched_blocks(self, block_hashes: tuple[int, ...]) -> int:
+        """How many leading blocks of `block_hashes` the prefix cache holds (in use or evictable):
+        what the instance's KV events tell a precise router. Read-only; the simulator's precise
+        mode and oracle read the engine, the truth there, instead of an event stream."""
+        refs = self._refs
+        count = 0
+        for h in block_hashes:
+            if h not in refs:
+                break
+            count += 1
+        return count
+
+    def prefill_backlog(self) -> int:
+        """Tokens to prefill before a request added now is reached (FCFS): the running requests'
+        unfinished prefill plus each waiting request's tokens beyond the prefix that the cache,
+        or a request ahead of it, will hold by its turn. Read-only, for the simulator's oracle
+        router, which prices it on the GPU profile."""
+        refs = self._refs if self.enable_prefix_caching else {}
+        ahead: set[int] = set()  # prompt blocks that requests ahead will have computed
+        backlog = 0
+        for state in self._running:
+            left = state.req.prompt_tokens + state.output - state.computed
+            if left > 1:  # 1 is a decode step
+                backlog += left
+                ahead.update(state.req.block_hashes)
+        for state in self._waiting:
+            hashes = state.req.block_hashes
+            num_tokens = state.req.prompt_tokens + state.output
+            cached = 0
+            for h in hashes[: (num_tokens - 1) // _B]:
+                if h not in refs and h not in ahead:
+                    break
+                cached += 1
+            backlog += num_tokens - cached * _B
+            if self.enable_prefix_caching:
+                ahead.update(hashes)
+        return backlog
 
     def step(self, now_s: float) -> StepOutput:
         """Run one scheduler step starting at `now_s`; its tokens and finishes are stamped at
@@ -339,16 +392,18 @@ class Engine:
             return False
         from_free = min(count, self._free_blocks)
         self._free_blocks -= from_free
-        lru, refs = self._lru, self._refs
+        lru, refs, listener = self._lru, self._refs, self.kv_listener
         for _ in range(count - from_free):
             evicted, _ = lru.popitem(last=False)
             del refs[evicted]
+            if listener is not None:
+                listener.removed(evicted)
         return True
 
     def _register(self, state: _Running) -> None:
         """Give hashes to prompt blocks this request has just filled, so later requests hit them.
         A block whose hash is already cached (a concurrent twin computed it) stays anonymous."""
-        refs = self._refs
+        refs, listener = self._refs, self.kv_listener
         upto = min(state.computed // _B, len(state.req.block_hashes))
         hashes = state.req.block_hashes
         for index in range(state.next_hash, upto):
@@ -356,6 +411,8 @@ class Engine:
             if h not in refs:
                 refs[h] = 1
                 state.hashes.append(h)
+                if listener is not None:
+                    listener.stored(state.req.request_id, index, h, hashes[index - 1] if index else None)
         state.next_hash = max(state.next_hash, upto)
 
     def _free(self, state: _Running) -> None:

@@ -28,6 +28,7 @@ from fleetgate.pools.emulator.local import (
     build_pool,
     specs_from_fleet,
 )
+from fleetgate.pools.gpus import GpuProfileConfig
 from fleetgate.pools.model import Pool
 
 STATE_FILE = "fleet.json"
@@ -48,7 +49,9 @@ class FleetState:
 
     def to_pools(self) -> dict[str, Pool]:
         return {
-            s["name"]: build_pool(s["name"], s["model"], s["gpu"], self.pools[s["name"]], s["max_model_len"])
+            s["name"]: build_pool(s["name"], s["model"], s["gpu"], self.pools[s["name"]], s["max_model_len"],
+                                  s.get("kv_events", ()),
+                                  GpuProfileConfig(**s["gpu_profile"]).to_profile(s["gpu"]) if s.get("gpu_profile") else None)
             for s in self.specs
         }
 

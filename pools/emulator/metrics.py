@@ -1,4 +1,5 @@
-"""The emulator's /metrics: vLLM's Prometheus names, types and labels (model_name, engine).
+"""The emulator's /metrics: vLLM's Prometheus names, types and labels (model_name, engine), and
+vLLM's `vllm:cache_config_info` info gauge (its labels carry the KV capacity the gateway reads).
 
 Gauges and counters are read from the engine at scrape time (one source of truth, no double
 bookkeeping); latency histograms are observed as requests progress, in emulated seconds. Each
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fleetgate.core.tokens import KV_BLOCK_TOKENS
 from fleetgate.pools.emulator.engine import EngineStats
 
 # vLLM v1's bucket boundaries (vllm/v1/metrics/loggers.py).
@@ -57,9 +59,14 @@ class _EngineCollector(Collector):
 class EmulatorMetrics:
     """The registry of one emulated instance."""
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str, *, num_gpu_blocks: int,
+                 enable_prefix_caching: bool) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(stats, model_name))
+        Gauge(  # as vLLM v1 exports it: CacheConfig fields as labels, plus engine, no model_name
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+            ("block_size", "enable_prefix_caching", "engine", "num_gpu_blocks"), registry=self.registry,
+        ).labels(str(KV_BLOCK_TOKENS), str(enable_prefix_caching), "0", str(num_gpu_blocks)).set(1)
         labels = (model_name, "0")
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",

@@ -34,7 +34,7 @@ log = logging.getLogger("fleetgate.emulator")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fleetgate.pools.emulator.serve_fleet", description=__doc__.split("\n")[0])
     parser.add_argument("fleet_file", nargs="?", help="fleet YAML (pools with count/base_port are emulated)")
-    parser.add_argument("--pool", action="append", default=[], metavar="NAME:MODEL:GPU:COUNT",
+    parser.add_argument("--pool", action="append", default=[], metavar="NAME:MODEL:GPU:COUNT[:KV_EVENTS_BASE_PORT]",
                         help="an emulated pool on free ports (repeatable)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="wall seconds per emulated second (0.1 runs ten times faster than real time)")

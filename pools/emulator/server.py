@@ -6,9 +6,12 @@ tokens the step produced. Emulated time follows the wall clock divided by time_s
 time the server reports (metrics histograms) is in emulated seconds, and a driver that falls
 behind (an overloaded CPU) shows up as latency instead of being hidden.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions (SSE or not), GET /v1/models,
-GET /health, GET /metrics. Test-only: POST /admin/fault {"mode": ...} flips failure behaviour
-(see `FAULT_MODES`), GET /admin/stats returns the engine's counters as JSON.
+Endpoints: POST /v1/chat/completions, POST /v1/completions (SSE or not), their prompt renderers
+POST /v1/chat/completions/render and /v1/completions/render (the token ids vllm-router's
+cache_aware policy asks for), GET /v1/models, GET /health, GET /metrics. With `kv_events_port`
+it also publishes vLLM's KV-cache events on tcp://host:port (kv_publisher.py). Test-only:
+POST /admin/fault {"mode": ...} flips failure behaviour (see `FAULT_MODES`), GET /admin/stats
+returns the engine's counters as JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import struct
 import time
 import uuid
 from typing import Any
@@ -24,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from fleetgate.core.clock import Clock, monotonic_clock
-from fleetgate.core.tokens import count_tokens, kv_block_hashes
+from fleetgate.core.tokens import CHARS_PER_TOKEN, KV_BLOCK_TOKENS, count_tokens
 from fleetgate.pools.emulator.engine import (
     Engine,
     EngineRequest,
@@ -32,6 +36,7 @@ from fleetgate.pools.emulator.engine import (
     RequestStats,
     StepOutput,
 )
+from fleetgate.pools.emulator.kv_publisher import KvEventPublisher
 from fleetgate.pools.emulator.metrics import EmulatorMetrics
 from fleetgate.pools.emulator.protocol import (
     DONE_EVENT,
@@ -51,6 +56,7 @@ from fleetgate.pools.emulator.text import (
     natural_length,
     render_chat_prompt,
 )
+from fleetgate.pools.kv_keys import chain_keys, char_token_bytes
 from fleetgate.pools.profiles import GpuProfile, get_profile
 
 log = logging.getLogger("fleetgate.emulator")
@@ -69,7 +75,8 @@ class _Job:
     kind: ApiKind
     prompt_text: str
     prompt_tokens: int
-    max_tokens: int
+    max_tokens: int  # the sampling limit, resolved as vLLM does
+    output_tokens: int  # what the emulated model generates: max_tokens, or fewer when it stops naturally
     seed: int
     stream: bool
     include_usage: bool
@@ -113,6 +120,7 @@ class EmulatorServer:
         clock: Clock = monotonic_clock,
         fail_with_status: int | None = None,
         hang_before_first_byte: bool = False,
+        kv_events_port: int | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -122,7 +130,8 @@ class EmulatorServer:
         self.time_scale = time_scale
         self.default_max_tokens = default_max_tokens
         self.engine = Engine(self.profile, kv_cache_tokens=kv_cache_tokens, enable_prefix_caching=enable_prefix_caching)
-        self.metrics = EmulatorMetrics(self.engine.stats, model)
+        self.metrics = EmulatorMetrics(self.engine.stats, model, num_gpu_blocks=self.engine.total_blocks,
+                                       enable_prefix_caching=enable_prefix_caching)
         self.fault = _parse_fault(fail_with_status) if fail_with_status else ("hang" if hang_before_first_byte else "ok")
         self._clock = clock
         self._wall0 = clock()
@@ -131,6 +140,9 @@ class EmulatorServer:
         self._wake = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._kv_events_port = kv_events_port
+        self.kv_events: KvEventPublisher | None = None  # bound in `start`
+        self._kv_task: asyncio.Task[None] | None = None
         self.url = ""
         self.app = self._build_app()
 
@@ -140,6 +152,8 @@ class EmulatorServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions/render", self._render_chat)
+        app.router.add_post("/v1/completions/render", self._render_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -152,6 +166,9 @@ class EmulatorServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0: a free port); returns the base URL (OpenAI API under /v1)."""
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request.
+        if self._kv_events_port is not None:
+            self.kv_events = KvEventPublisher(host, self._kv_events_port)
+            self.engine.kv_listener = self.kv_events
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -164,17 +181,22 @@ class EmulatorServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.kv_events is not None:
+            self.kv_events.close()
 
     async def _start_driver(self, _app: web.Application) -> None:
         self._driver = asyncio.get_running_loop().create_task(self._drive(), name=f"emulator-driver-{self.model}")
+        if self.kv_events is not None:
+            self._kv_task = asyncio.get_running_loop().create_task(self.kv_events.run(), name="emulator-kv-events")
 
     async def _stop_driver(self, _app: web.Application) -> None:
-        if self._driver is not None:
-            self._driver.cancel()
-            try:
-                await self._driver
-            except asyncio.CancelledError:
-                pass
+        for task in (self._driver, self._kv_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     # -- time and the engine loop ---------------------------------------------------------------
 
@@ -200,6 +222,8 @@ class EmulatorServer:
                 continue
             start_s = max(self.now_s(), self._engine_end_s)
             out = self.engine.step(start_s)
+            if self.kv_events is not None:
+                self.kv_events.flush()
             end_s = start_s + out.duration_s
             self._engine_end_s = end_s
             delay = self._wall0 + end_s * self.time_scale - self._clock()
@@ -243,8 +267,11 @@ class EmulatorServer:
         arrival_s = self.now_s()
         pending = _Pending(arrival_s)
         self._pending[request_id] = pending
+        token_bytes = char_token_bytes(job.prompt_text)
+        if self.kv_events is not None:
+            self.kv_events.track(request_id, token_bytes)
         self.engine.add(
-            EngineRequest(request_id, tuple(kv_block_hashes(job.prompt_text)), job.prompt_tokens, job.max_tokens, arrival_s)
+            EngineRequest(request_id, chain_keys(token_bytes, KV_BLOCK_TOKENS), job.prompt_tokens, job.output_tokens, arrival_s)
         )
         self._wake.set()
         try:
@@ -256,6 +283,8 @@ class EmulatorServer:
             self._pending.pop(request_id, None)
             if self.engine.abort(request_id, now_s=self.now_s()) is not None:
                 log.debug("aborted %s", request_id)
+            if self.kv_events is not None:
+                self.kv_events.untrack(request_id)
 
     def _job(self, body: ChatCompletionRequest | CompletionRequest, kind: ApiKind) -> _Job:
         """Render the prompt and check it against the model, as vLLM's serving layer does."""
@@ -285,7 +314,7 @@ class EmulatorServer:
         seed = answer_seed(text, body.seed)
         natural = natural_length(seed)
         stops_naturally = not body.ignore_eos and natural < max_tokens
-        return _Job(kind, text, prompt_tokens, natural if stops_naturally else max_tokens, seed, body.stream,
+        return _Job(kind, text, prompt_tokens, max_tokens, natural if stops_naturally else max_tokens, seed, body.stream,
                     include_usage, stops_naturally)
 
     async def _complete(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.Response:
@@ -332,6 +361,40 @@ class EmulatorServer:
         except ConnectionResetError:
             return response  # the client went away; the caller aborts the request
 
+    # -- prompt rendering -----------------------------------------------------------------------
+
+    async def _render_chat(self, request: web.Request) -> web.Response:
+        return await self._render(request, "chat")
+
+    async def _render_completions(self, request: web.Request) -> web.Response:
+        return await self._render(request, "completion")
+
+    async def _render(self, request: web.Request, kind: ApiKind) -> web.Response:
+        """vLLM's render endpoints: the request validated and tokenized as generation would, returned
+        as a token-in `GenerateRequest` (chat: one object; completions: a list, one per prompt). The
+        engine is not touched, so only status faults apply (a wedged engine still renders)."""
+        if self.fault.isdigit():
+            return _error(f"emulated failure (fault mode {self.fault})", int(self.fault))
+        try:
+            body = parse_request(await request.read(), kind)
+            job = self._job(body, kind)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status, exc.param)
+        extra = body.model_extra or {}
+        rendered = {
+            "request_id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+            "token_ids": _prompt_token_ids(job.prompt_text),
+            "features": None,  # no multimodal inputs
+            "sampling_params": {"n": 1, "max_tokens": job.max_tokens, "seed": body.seed, "ignore_eos": body.ignore_eos},
+            "model": body.model,
+            "stream": body.stream,
+            "stream_options": body.stream_options.model_dump() if body.stream and body.stream_options else None,
+            "cache_salt": extra.get("cache_salt"),
+            "priority": extra.get("priority", 0),
+            "kv_transfer_params": None,
+        }
+        return _json(rendered if kind == "chat" else [rendered])
+
     # -- other endpoints ------------------------------------------------------------------------
 
     async def _models(self, _request: web.Request) -> web.Response:
@@ -359,6 +422,14 @@ class EmulatorServer:
 
     async def _admin_stats(self, _request: web.Request) -> web.Response:
         return _json(dataclasses.asdict(self.engine.stats()))
+
+
+def _prompt_token_ids(text: str) -> list[int]:
+    """The stand-in tokenizer's ids for `text`, one per `count_tokens` token: `char_token_bytes`
+    (the ids the engine hashes into its cached blocks and its KV events carry) of the text padded
+    with NULs to whole tokens, so a partial last token is an id too (ASCII: its bytes, zero-filled)."""
+    packed = char_token_bytes(text + "\0" * (-len(text) % CHARS_PER_TOKEN))
+    return list(struct.unpack(f"<{len(packed) // 4}I", packed))
 
 
 def _prompt_text(prompt: str | list[str] | list[int]) -> str:

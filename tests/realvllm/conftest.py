@@ -21,8 +21,15 @@ MAX_MODEL_LEN = 4096
 
 
 @pytest.fixture(scope="session")
-def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmFleet]:
-    settings = VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN, extra_env=DEV_MODE_ENV)
+def vllm_settings(tmp_path_factory: pytest.TempPathFactory) -> VllmSettings:
+    """How the session's instances start; each also publishes KV events (its `kv_events_url`)."""
+    return VllmSettings(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN, extra_env=DEV_MODE_ENV,
+                        kv_events_dir=tmp_path_factory.mktemp("kv"))
+
+
+@pytest.fixture(scope="session")
+def real_vllm(vllm_settings: VllmSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmFleet]:
+    settings = vllm_settings
     problem = None
     try:
         settings.check_installed()

@@ -272,6 +272,7 @@ async def test_metric_names_types_and_labels_match(vllm_url: str, emulator: Emul
         load = parse_vllm_metrics(text)
         assert load.prefix_queries_tokens > 0 and 0 <= load.prefix_hits_tokens <= load.prefix_queries_tokens
         assert 0.0 <= load.kv_usage_ratio <= 1.0 and load.running == load.waiting == 0
+        assert load.kv_cache_tokens, "vllm:cache_config_info with num_gpu_blocks and block_size"
 
 
 # -- disconnects --------------------------------------------------------------------------------
