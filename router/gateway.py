@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
@@ -34,6 +34,7 @@ from fleetgate.core.plan import (
 )
 from fleetgate.core.request import InferenceRequest
 from fleetgate.pools.model import Endpoint, FleetSnapshot
+from fleetgate.pools.profiles import GpuProfile
 from fleetgate.pools.registry import FleetRegistry
 from fleetgate.router.cache_replay import replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
@@ -125,6 +126,8 @@ class Gateway:
         self._resend_check_s = resend_check_s
         self._local = LocalLoad()
         self._pressure = PoolPressure()
+        metrics.watch_kv(registry)
+        self._scraped_profiles: dict[str, tuple[GpuProfile, int, GpuProfile]] = {}  # see _profile
 
     async def handle(self, request: InferenceRequest, raw_body: bytes, headers: Mapping[str, str]) -> GatewayResponse:
         """Serve one request; raises a GatewayError the API layer turns into an OpenAI error."""
@@ -140,7 +143,7 @@ class Gateway:
             if isinstance(lookup, CacheMiss):
                 miss = lookup
         try:
-            route_request = self._route_request(request, plan)
+            route_request = await self._route_request(request, plan)
             pool, router, decision = self._route(route_request, plan)
             forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
             if "authorization" in headers:
@@ -158,6 +161,8 @@ class Gateway:
             "x-fleetgate-rule": plan.rule,
             "x-fleetgate-cache": "miss" if miss is not None else "bypass",
         }
+        if flight.estimated_ttft_s is not None:
+            response_headers["x-fleetgate-estimated-ttft-ms"] = f"{flight.estimated_ttft_s * 1e3:.1f}"
         if headers.get("x-fleetgate-debug"):
             response_headers["x-fleetgate-plan"] = plan_summary(plan)
         flight.first_byte()
@@ -184,7 +189,11 @@ class Gateway:
             router = self._routers[key] = self._router_factory(name, **dict(params))
         return router
 
-    def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
+    async def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
+        kv_pool = next((pool for pool in plan.pools if self.registry.kv_live(pool)), None)
+        # Tokenizing a long prompt takes milliseconds (170 ms at 32k tokens with a real tokenizer):
+        # off the event loop, and only where a pool publishes KV events.
+        kv_hashes = await asyncio.to_thread(self.registry.kv_hashes, kv_pool, request) if kv_pool is not None else ()
         return RouteRequest(
             request_id=request.request_id,
             prefix_hashes=request.prefix_hashes,
@@ -194,6 +203,8 @@ class Gateway:
             ttft_slo_s=plan.ttft_slo_s,
             key_blocks=plan.key_blocks,
             category=plan.profile.category,
+            stream=request.stream,
+            kv_hashes=kv_hashes,  # for the first pool with a live precise-mode instance: the plan's pools serve one model
         )
 
     def _route(self, route_request: RouteRequest, plan: RoutePlan) -> tuple[str, Router, RouteDecision]:
@@ -231,15 +242,29 @@ class Gateway:
         return [
             InstanceView(
                 endpoint=endpoint,
-                profile=endpoint.profile,
-                waiting=(state := snapshot.state(endpoint)).waiting,
+                profile=self._profile(endpoint, (state := snapshot.state(endpoint)).kv_cache_tokens),
+                waiting=state.waiting,
                 running=state.running,
                 kv_usage_ratio=state.kv_usage_ratio,
+                scraped_at_s=state.scraped_at_s or None,  # the registry and the routers share the gateway's clock
                 local_inflight=local.inflight(endpoint.name),
                 local_queued_prefill_tokens=local.queued_prefill_tokens(endpoint.name),
+                kv=self.registry.kv_view(endpoint),
             )
             for endpoint in endpoints
         ]
+
+    def _profile(self, endpoint: Endpoint, kv_cache_tokens: int | None) -> GpuProfile:
+        """The endpoint's profile with the KV capacity the instance reports (vllm:cache_config_info),
+        built once per (endpoint, capacity), not per request."""
+        base = endpoint.profile
+        if kv_cache_tokens is None or kv_cache_tokens == base.kv_cache_tokens:
+            return base
+        known = self._scraped_profiles.get(endpoint.name)
+        if known is None or known[0] is not base or known[1] != kv_cache_tokens:
+            known = self._scraped_profiles[endpoint.name] = (base, kv_cache_tokens,
+                                                             replace(base, kv_cache_tokens=kv_cache_tokens))
+        return known[2]
 
     async def _open(
         self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
@@ -248,18 +273,18 @@ class Gateway:
         """Send to the decision's instances in order until one gives a first byte (bounded), and
         return it with the route reason. A `ResendingRouter` (DualMap) may move a streaming
         request still waiting for its first byte to its other candidate, once."""
-        candidates = list(decision.ordered[: self._max_attempts])
+        candidates = decision.attempts(self._max_attempts)  # fallbacks are ranked only if the first choice fails
         resender = router if request.stream and resends(router) else None  # a non-streaming first byte is the whole answer
         reason = decision.reason
         last_error: GatewayError | None = None
         attempts = 0
-        while candidates:
-            endpoint = candidates.pop(0)
+        while (endpoint := next(candidates, None)) is not None:
             attempts += 1
             if attempts > 1:
                 self.metrics.retries.labels(pool).inc()
                 reason = reason if reason.endswith("+retry") else f"{reason}+retry"
-            flight = _Flight(self, self._local, router, route_request, request, endpoint, pool)
+            flight = _Flight(self, self._local, router, route_request, request, endpoint, pool,
+                             decision.estimated_ttft_s if attempts == 1 else None)  # estimates are for the chosen one
             try:
                 upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request,
                                                          pool, resender, endpoint)
@@ -275,7 +300,8 @@ class Gateway:
                 assert moved is not None
                 flight.finish(ok=False, error_kind="resent")
                 self.metrics.route_decisions.labels(pool, router.name, "resend").inc()
-                candidates, reason, attempts = list(moved.ordered[: self._max_attempts]), "resend", 0
+                candidates, reason, attempts = moved.attempts(self._max_attempts), "resend", 0
+                decision = moved
                 continue
             return upstream, flight, reason
         assert last_error is not None
@@ -386,10 +412,11 @@ class _Flight:
     """Bookkeeping of one attempt at one instance: local load, router callbacks, metrics."""
 
     __slots__ = ("_gateway", "_local", "_router", "_route_request", "_api", "_arrival_s", "endpoint", "pool",
-                 "_first_s", "_last_s", "_events", "_finished")
+                 "estimated_ttft_s", "_first_s", "_last_s", "_events", "_finished")
 
     def __init__(self, gateway: Gateway, local: LocalLoad, router: Router, route_request: RouteRequest,
-                 request: InferenceRequest, endpoint: Endpoint, pool: str) -> None:
+                 request: InferenceRequest, endpoint: Endpoint, pool: str, estimate_s: float | None) -> None:
+        """`estimate_s`: the router's TTFT estimate for this attempt, from now (None: it made none)."""
         self._gateway = gateway
         self._local = local
         self._router = router
@@ -403,6 +430,8 @@ class _Flight:
         self._events = 0
         self._finished = False
         now_s = gateway.clock()
+        # the estimated TTFT as the client sees it (from arrival); only a stream shows its first token
+        self.estimated_ttft_s = now_s - request.arrival_s + estimate_s if estimate_s is not None and request.stream else None
         local.started(endpoint.name, route_request.prompt_tokens)
         gateway.metrics.inflight.labels(pool, endpoint.name).inc()
         router.on_dispatch(route_request, endpoint, now_s)
@@ -412,6 +441,9 @@ class _Flight:
         self._first_s = self._last_s = now_s
         self._local.prefilled(self.endpoint.name, self._route_request.prompt_tokens)
         self._gateway.metrics.ttft.labels(self.pool, self.endpoint.name).observe(now_s - self._arrival_s)
+        if self.estimated_ttft_s is not None:
+            self._gateway.metrics.ttft_estimate_error.labels(self.pool).observe(
+                abs(now_s - self._arrival_s - self.estimated_ttft_s))
         self._gateway.observe_ttft(self.pool, now_s - self._arrival_s, self._route_request.ttft_slo_s)
         self._router.on_first_token(self._route_request, self.endpoint, now_s)
 

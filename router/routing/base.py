@@ -17,8 +17,8 @@ there and send it elsewhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence, TypeGuard, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence, TypeGuard, runtime_checkable
 
 from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.pools.model import Endpoint
@@ -37,6 +37,28 @@ class RouteRequest:
     ttft_slo_s: float | None = None
     key_blocks: int = DEFAULT_KEY_BLOCKS  # how many leading prefix blocks form the affinity key
     category: str = "general"
+    stream: bool = True  # False: the "first token" the router hears of is the whole answer
+    kv_hashes: tuple[int, ...] = ()  # the prompt's KV-block keys as the pool's engines key them (precise mode); () when unknown
+
+
+class KvView(Protocol):
+    """Exact prefix-cache contents of one instance (precise mode): kept from the instance's KV
+    events by the registry, or read from the engine itself in the simulator."""
+
+    @property
+    def live(self) -> bool:
+        """True while the contents are known to be current (events flowing); else routers fall
+        back to their own approximate view."""
+        ...
+
+    @property
+    def block_tokens(self) -> int:
+        """Tokens per KV block (vLLM's block_size)."""
+        ...
+
+    def matched_blocks(self, kv_hashes: Sequence[int]) -> int:
+        """How many leading blocks of `kv_hashes` the instance holds in its prefix cache."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,28 +72,46 @@ class InstanceView:
     kv_usage_ratio: float = 0.0
     local_inflight: int = 0  # requests this replica has sent there and not finished
     local_queued_prefill_tokens: int = 0  # prompt tokens sent there still without a first token
+    scraped_at_s: float | None = None  # when waiting/running were scraped (the router's clock); None: unknown
+    kv: KvView | None = None  # exact cache contents where the instance publishes KV events (precise mode)
+    load: int = field(init=False)  # outstanding requests: the larger of what vLLM reported and what we know we sent
+
+    def __post_init__(self) -> None:
+        # Computed once: routers read it for many instances per decision.
+        object.__setattr__(self, "load", max(self.waiting + self.running, self.local_inflight))
 
     @property
     def name(self) -> str:
         return self.endpoint.name
 
-    @property
-    def load(self) -> int:
-        """Outstanding requests: the larger of what vLLM reported and what we know we sent."""
-        return max(self.waiting + self.running, self.local_inflight)
-
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """The chosen instance first, then fallbacks in order; `reason` is a short metric label."""
+    """The chosen instance first, then fallbacks in order; `reason` is a short metric label.
 
-    ordered: tuple[Endpoint, ...]
+    Fallbacks matter only when the first choice fails, so a router may rank most of them lazily:
+    `head` holds what it ranked while deciding (the chosen instance first), `tail` ranks the rest
+    on demand. `ordered` is the whole order; the gateway walks `attempts(n)` instead, which
+    ranks the tail only when the head runs out."""
+
+    head: tuple[Endpoint, ...]
     reason: str
     estimated_ttft_s: float | None = None  # the chosen instance's TTFT estimate, for routers that make one
+    tail: Callable[[], Sequence[Endpoint]] | None = None
 
     @property
     def chosen(self) -> Endpoint:
-        return self.ordered[0]
+        return self.head[0]
+
+    @property
+    def ordered(self) -> tuple[Endpoint, ...]:
+        return self.head if self.tail is None else (*self.head, *self.tail())
+
+    def attempts(self, limit: int) -> Iterator[Endpoint]:
+        """The first `limit` instances in order, the tail ranked only if they are needed."""
+        yield from self.head[:limit]
+        if self.tail is not None and limit > len(self.head):
+            yield from self.tail()[: limit - len(self.head)]
 
 
 class Router(Protocol):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import heapq
-from typing import Sequence
+from typing import Callable, Collection, Sequence
 
 from fleetgate.pools.model import Endpoint
 from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
@@ -26,24 +25,24 @@ def load_order(view: InstanceView) -> tuple[int, str]:
     return view.load, view.name
 
 
-RANKED_FALLBACKS = 3
-"""Fallbacks ranked after the chosen instance. The gateway tries at most a few instances before
-the first byte, so the tail is left in pool order: a decision stays O(n), not O(n log n)."""
-
-
-def ranked(chosen: Sequence[InstanceView], rest: Sequence[tuple[float, str, InstanceView]]) -> tuple[Endpoint, ...]:
-    """`chosen` in order, then the RANKED_FALLBACKS best of `rest` ((score, name, view), lower is
-    better), then the remaining views of `rest` in their given order."""
-    best = heapq.nsmallest(RANKED_FALLBACKS, rest, key=lambda item: (item[0], item[1]))
-    picked = {id(item[2]) for item in best}
-    tail = (item[2] for item in rest if id(item[2]) not in picked)
-    return tuple(v.endpoint for v in (*chosen, *(item[2] for item in best), *tail))
+def rank_rest(
+    instances: Sequence[InstanceView], exclude: Collection[Endpoint], score: Callable[[InstanceView], float]
+) -> tuple[Endpoint, ...]:
+    """Every instance not in `exclude`, best (lowest `score`, then name) first. Routers hand this
+    to `RouteDecision.tail`, so it runs only when the gateway needs a fallback: a decision itself
+    stays O(1) in the pool size where the router allows it."""
+    rest = [v for v in instances if v.endpoint not in exclude]
+    rest.sort(key=lambda v: (score(v), v.name))
+    return tuple(v.endpoint for v in rest)
 
 
 def decide(chosen: InstanceView, instances: Sequence[InstanceView], reason: str) -> RouteDecision:
-    """`chosen` first, then fallbacks from least loaded (see RANKED_FALLBACKS)."""
-    rest = [(v.load, v.name, v) for v in instances if v is not chosen]
-    return RouteDecision(ranked((chosen,), rest), reason)
+    """`chosen` first, then the fallbacks from least loaded, ranked only when asked for."""
+    return RouteDecision((chosen.endpoint,), reason, tail=lambda: rank_rest(instances, (chosen.endpoint,), _load))
+
+
+def _load(view: InstanceView) -> float:
+    return view.load
 
 
 class NoHooks:

@@ -1,58 +1,56 @@
-"""DualMap: two hash-chosen candidates per prefix key, the one with the lower estimated TTFT wins.
+"""DualMap v2: two hash-chosen candidates per prefix key; the prefix stays where it is cached.
 
-Per request (DESIGN.md, "Prefix affinity: our DualMap design"):
+Per request (DESIGN.md, "Prefix affinity: our DualMap design", and docs/routing.md):
 1. Key: the prefix chain hash at `key_blocks` blocks (adaptive per category, keylen.py), or the
    session id when `use_session_key` and the request has one.
 2. Candidates: (c1, c2) from two consistent-hash rings with independent seeds (ring.py), so every
-   replica derives the same pair with no shared state and a scale event moves ~2/N of keys.
-3. Better candidate: the lower TTFT estimate (estimate.py) plus `work_weight` x the prefill time
-   of the request's own uncached tokens there; ties go to c1. Reason affinity-c1/c2. Decided
-   here: DESIGN.md says "the lower estimate", but that is greedy for this request only: a
-   candidate without the prefix that is a little less busy wins, recomputes the prefix, and the
-   GPU time it burns is queueing delay for every later request there (and a second copy of the
-   prefix in the fleet's cache). Counting our own uncached prefill once more (work_weight 1)
-   charges that marginal cost; on Mooncake it raised the hit ratio by ~4 points near capacity
-   and the capacity itself by ~5% (docs/routing.md). work_weight 0 is DESIGN.md's rule. Without
-   a prefix cached anywhere both candidates pay the same, so pure load balancing is unchanged.
-   Decided here (`follow_holder`): when this replica last sent a longer prefix of the prompt to
-   an instance outside the pair (an SLO fallback, a re-send or a scale event put it there), that
-   instance competes on the same score, so the prefix is reused rather than recomputed on a
-   candidate. Reason "holder". On Mooncake at a 1 s SLO: +4 points of hit ratio, +5% capacity.
-4. Hotspot: an instance whose load exceeds `hotspot_factor` x the pool mean (and the mean by at
-   least `hotspot_floor` requests, so an idle pool with loads 0/1/2 has no hotspot) does not take
-   a key if its other candidate is not hot and meets the SLO; the key is then steered to the other
-   candidate for `steer_ttl_s` so its cache builds in one place instead of flapping. Hot keys
-   arrive most often, so they are the first to move. Reason "hotspot".
-5. SLO fallback: when every option's estimate exceeds the request's TTFT SLO, affinity is
-   dropped for this request: the instance with the lowest estimate in the pool (reason
-   "slo-fallback"). The estimate still counts each instance's expected cached prefix. Decided
-   here: only when that instance is expected to meet the SLO; a request no instance can serve in
-   time (a long uncached prompt) stays with its candidates, because moving it would not save its
-   SLO but would write its prefix where its key's later requests will not look (measured on
-   Mooncake: +2-3 points of prefix hit ratio at high load).
-   Decided here (`min_reuse_ratio`): per category we keep a running mean of how much of each
-   prompt some option already holds. Where it stays under 2% (lengths-only traces, one-shot
-   prompts) affinity buys nothing, and two hashed choices balance worse than one over the whole
-   pool, so an uncached request goes to the instance with the lowest estimate (reason
-   "no-reuse"). The mean starts at 1 (affinity assumed useful until shown otherwise).
-6. Cancel-and-resend: `resend()` tells the caller whether a request still queued (no first token)
-   on an instance that became a hotspot should be cancelled and re-sent to its other candidate;
-   at most once per request (a bounded set of re-sent ids).
-`ordered` is the chosen instance, then the other candidate, then the rest by estimate (the
-best RANKED_FALLBACKS ranked, the tail in pool order: see common.py).
+   replica derives the same pair with no shared state and a scale event moves ~2/N of keys; plus
+   (`follow_holder`) the instance outside the pair holding a longer cached prefix, if any.
+   What an instance holds comes from its KV events where it publishes them (precise mode: every
+   replica sees what all replicas sent), else from what this replica sent there (estimate.py).
+3. Rule 1, held prefixes (decided here, v2): when some option holds at least `affinity_ratio`
+   of the prompt, the request goes to the one holding most, whatever its queue, and is never
+   moved for load (hotspot, SLO fallback). Recomputing a long prefix elsewhere costs more GPU
+   time than the wait saves, and near saturation that time is everyone's queue: on Mooncake at
+   8x the trace's rate this rule took SLO attainment from 0.68 to 0.78-0.84 (docs/routing.md).
+   `resend()` may still move a request that waits on a hotspot without a first token.
+4. Otherwise the options compete on score: estimated TTFT plus `work_weight` x the prefill time
+   of the request's own uncached tokens there (the marginal cost of recomputing; ties go to c1).
+5. Hotspot: an instance whose load exceeds `hotspot_factor` x the pool mean (and the mean by
+   `hotspot_floor`) does not take a key if its other candidate is not hot and meets the SLO; the
+   key is steered to the other candidate for `steer_ttl_s`. Reason "hotspot".
+6. Placement of a prompt with nothing cached (`place_uncached`): "pair" keeps it on (c1, c2),
+   so a replica that did not send it still finds it; "pool" sends it to the lowest estimate in
+   the pool (reason "anywhere"), which balances far better than two choices; "auto" (default)
+   is "pool" in precise mode, where every replica sees where it went, else "pair". Where a
+   category shows no reuse at all (`min_reuse_ratio`), uncached requests go to the pool's lowest
+   estimate in either mode (reason "no-reuse").
+7. SLO fallback: when every option's estimate exceeds the request's TTFT SLO, the lowest
+   estimate elsewhere, if it meets the SLO (reason "slo-fallback"); a request nobody can serve
+   in time stays with its candidates.
+8. Cancel-and-resend: `resend()` tells the caller whether a request still queued (no first
+   token) on an instance that became a hotspot should be re-sent to its other candidate; once.
+A decision is O(1) in the pool size but for cheap C-level passes (ring lookup, mean load): a
+fallback estimates at most FALLBACK_SCAN instances, and the gateway's fallback order beyond the
+first two is ranked only when it needs it (`RouteDecision.tail`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from itertools import islice
+from typing import Iterable, Sequence
 
 from fleetgate.pools.model import Endpoint
 from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
-from fleetgate.router.routing.common import ranked
-from fleetgate.router.routing.estimate import Estimate, TtftEstimator
+from fleetgate.router.routing.common import rank_rest
+from fleetgate.router.routing.estimate import BLOCK_TOKENS, Estimate, TtftEstimator
 from fleetgate.router.routing.keylen import AdaptiveKeyLength
-from fleetgate.router.routing.ring import Key, RingCache
+from fleetgate.router.routing.ring import DualRing, Key, RingCache
+
+
+FALLBACK_SCAN = 16
+"""Instances a load fallback estimates: the least loaded ones (see DualMap._best_elsewhere)."""
 
 
 class _BoundedSet:
@@ -85,6 +83,9 @@ class DualMap:
         resend_margin_ratio: float = 0.5,
         enable_resend: bool = True,
         work_weight: float = 1.0,
+        affinity_ratio: float = 0.3,
+        place_uncached: str = "auto",
+        calibrate: bool = False,
         follow_holder: bool = True,
         min_reuse_ratio: float = 0.02,
         reuse_alpha: float = 0.02,
@@ -98,11 +99,15 @@ class DualMap:
         self.resend_margin_ratio = resend_margin_ratio
         self.enable_resend = enable_resend
         self.work_weight = work_weight
+        if place_uncached not in ("auto", "pair", "pool"):
+            raise ValueError(f"place_uncached must be auto, pair or pool, not {place_uncached!r}")
+        self.affinity_ratio = affinity_ratio
+        self.place_uncached = place_uncached
         self.follow_holder = follow_holder
         self.min_reuse_ratio = min_reuse_ratio
         self.reuse_alpha = reuse_alpha
         self._reuse: dict[str, float] = {}  # category -> mean share of prompts found cached
-        self.estimator = TtftEstimator(cache_fill_ratio=cache_fill_ratio)
+        self.estimator = TtftEstimator(cache_fill_ratio=cache_fill_ratio, calibrate=calibrate)
         self.keys = AdaptiveKeyLength(max_keys=max_tracked) if adaptive_keys else None
         self.max_tracked = max_tracked
         self._rings = RingCache(seeds)
@@ -143,7 +148,8 @@ class DualMap:
 
     def _score(self, request: RouteRequest, view: InstanceView, est: Estimate) -> float:
         """Estimated TTFT plus `work_weight` x the prefill time our uncached tokens add there."""
-        return est.ttft_s + self.work_weight * (request.prompt_tokens - est.cached_tokens) / view.profile.prefill_tokens_per_s
+        uncached_s = (request.prompt_tokens - est.cached_tokens) / view.profile.prefill_tokens_per_s
+        return est.ttft_s + self.work_weight * uncached_s * self.estimator.prefill_scale(view.name)
 
     def _observe_reuse(self, category: str, reuse_ratio: float) -> float:
         """Running mean of the share of prompts found cached on some candidate, per category."""
@@ -153,33 +159,40 @@ class DualMap:
         return mean
 
     def route(self, request: RouteRequest, instances: Sequence[InstanceView], now_s: float) -> RouteDecision:
-        views = {v.name: v for v in instances}
+        rings = self._rings.get([v.endpoint for v in instances])
+        at = self._rings.positions  # name -> index in `instances`: no per-request dict of views
         key = self._key(request, len(instances))
         self._remember_key(request.request_id, key)
-        pair = self._rings.get([v.endpoint for v in instances]).pair(key)
-        c1, c2 = views[pair[0]], views[pair[1]]
+        pair = rings.pair(key)
+        c1, c2 = instances[at[pair[0]]], instances[at[pair[1]]]
         estimate = self.estimator.estimate
         options = [(self._score(request, v, est), est, v, label) for v, label in ((c1, "affinity-c1"), (c2, "affinity-c2")) for est in (estimate(request, v),)]
         if c1 is c2:
             options.pop()
-        if self.follow_holder and request.prefix_hashes:
-            holder, _ = self.estimator.index.longest_match(request.prefix_hashes, views)
-            if holder is not None and holder not in pair:
-                est = estimate(request, views[holder])
-                options.append((self._score(request, views[holder], est), est, views[holder], "holder"))
+        cached = max(option[1].cached_tokens for option in options)
+        if self.follow_holder:
+            holder = self._holder(request, instances, at, cached, pair)
+            if holder is not None:
+                est = estimate(request, holder)
+                options.append((self._score(request, holder, est), est, holder, "holder"))
+                cached = est.cached_tokens
         options.sort(key=lambda option: option[0])  # stable: a tie keeps c1 first
+        reuse = self._observe_reuse(request.category, cached / max(1, request.prompt_tokens))
+        held = cached and cached >= self.affinity_ratio * request.prompt_tokens
+        if held:  # rule 1: go where most of the prefix is cached (the best score among equals)
+            options.sort(key=lambda option: -option[1].cached_tokens)
         _, est_chosen, chosen, reason = options[0]
         other = options[1][2] if len(options) > 1 else chosen
         e_chosen = est_chosen.ttft_s
         slo = request.ttft_slo_s
-        cached = max(option[1].cached_tokens for option in options)
-        reuse = self._observe_reuse(request.category, cached / max(1, request.prompt_tokens))
-        if c1 is not c2:
+        if held:  # never moved for load (below): recomputing the prefix costs more than the wait saves
+            return self._decision(request, instances, (chosen, other) if other is not chosen else (chosen,), reason, e_chosen)
+        target = self._steer_target(key, pair, now_s) if c1 is not c2 else None
+        if c1 is not c2 and (target is not None or chosen.load > self.hotspot_floor):  # else nothing can be hot
             hot = self._hot_threshold(instances)
-            target = self._steer_target(key, pair, now_s)
-            if target is not None and views[target].load <= hot:
+            if target is not None and instances[at[target]].load <= hot:
                 if target != chosen.name:
-                    chosen, other = views[target], chosen
+                    chosen, other = instances[at[target]], chosen
                 reason = "hotspot"
             elif chosen.load > hot and other.load <= hot and (slo is None or estimate(request, other).ttft_s <= slo):
                 chosen, other = other, chosen
@@ -187,18 +200,70 @@ class DualMap:
                 reason = "hotspot"
             if reason == "hotspot":
                 e_chosen = estimate(request, chosen).ttft_s
-        others = [v for v in instances if v is not chosen and v is not other]
-        rest = list(zip(self.estimator.ttft_all(request, others), (v.name for v in others), others))
-        no_reuse = reuse < self.min_reuse_ratio and cached == 0
+        head = (chosen, other) if other is not chosen else (chosen,)
+        anywhere = None if cached else "no-reuse" if reuse < self.min_reuse_ratio else "anywhere" if self._places_anywhere(request, c1) else None
         over_slo = slo is not None and all(option[1].ttft_s > slo for option in options)
-        if rest and (no_reuse or over_slo):
-            best_s, _, best = min(rest, key=lambda item: (item[0], item[1]))
-            label = "no-reuse" if no_reuse and best_s < e_chosen else "slo-fallback" if over_slo and best_s <= slo else None
+        if len(instances) > len(head) and (anywhere or over_slo):
+            best, best_s = self._best_elsewhere(request, instances, head, rings, key, at)
+            label = anywhere if anywhere and best_s < e_chosen else "slo-fallback" if over_slo and best_s <= slo else None
             if label is not None:
-                rest = [item for item in rest if item[2] is not best]
-                return RouteDecision(ranked((best, chosen, other), rest), label, estimated_ttft_s=best_s)
-        ordered = (chosen, other) if other is not chosen else (chosen,)
-        return RouteDecision(ranked(ordered, rest), reason, estimated_ttft_s=e_chosen)
+                return self._decision(request, instances, (best, *head), label, best_s)
+        return self._decision(request, instances, head, reason, e_chosen)
+
+    def _places_anywhere(self, request: RouteRequest, view: InstanceView) -> bool:
+        """Whether a prompt with nothing cached may go to the best instance of the pool rather
+        than to its pair: where every replica will see where it went (KV events), or where told."""
+        return self.place_uncached == "pool" or (self.place_uncached == "auto" and self.estimator.precise(request, view))
+
+    def _holder(self, request: RouteRequest, instances: Sequence[InstanceView], at: dict[str, int], pair_cached: int,
+                pair: tuple[str, str]) -> InstanceView | None:
+        """The instance outside `pair` with the longest cached prefix of the prompt, when it
+        holds more than `pair_cached` tokens: from KV events where the pool publishes them (so
+        what every replica sent counts), else from what this replica sent."""
+        if self.estimator.precise(request, instances[at[pair[0]]]):
+            best, best_tokens = None, pair_cached
+            for view in instances:
+                kv = view.kv
+                if kv is not None and kv.live and view.name not in pair:
+                    tokens = kv.matched_blocks(request.kv_hashes) * kv.block_tokens
+                    if tokens > best_tokens:
+                        best, best_tokens = view, tokens
+            return best
+        if not request.prefix_hashes:
+            return None
+        name, blocks = self.estimator.index.longest_match(request.prefix_hashes, at)
+        if name is None or name in pair or min(blocks * BLOCK_TOKENS, request.prompt_tokens - 1) <= pair_cached:
+            return None
+        return instances[at[name]]
+
+    def _best_elsewhere(
+        self, request: RouteRequest, instances: Sequence[InstanceView], head: tuple[InstanceView, ...],
+        rings: DualRing, key: Key, at: dict[str, int],
+    ) -> tuple[InstanceView, float]:
+        """The lowest TTFT estimate outside `head`: over the whole pool when it is small, else
+        over the next FALLBACK_SCAN instances on the key's second ring. Those are a random
+        sample per key (the best of 16 random instances is near the pool's best) that every
+        replica draws alike, so one key's fallbacks meet on the same few instances and reuse
+        each other's prefix; and a decision stays O(1) in the pool size."""
+        skip = {id(v) for v in head}
+        if len(instances) <= FALLBACK_SCAN + len(head):
+            rest: Iterable[InstanceView] = (v for v in instances if id(v) not in skip)
+        else:
+            rest = islice((v for v in (instances[at[name]] for name in rings.second.walk(key)) if id(v) not in skip), FALLBACK_SCAN)
+        estimate = self.estimator.estimate
+        best_s, _, best = min((estimate(request, v).ttft_s, v.name, v) for v in rest)
+        return best, best_s
+
+    def _decision(
+        self, request: RouteRequest, instances: Sequence[InstanceView], head: tuple[InstanceView, ...], reason: str, estimate_s: float
+    ) -> RouteDecision:
+        """`head` first; the other instances by TTFT estimate, ranked only if the gateway needs them."""
+        self.estimator.expect(request, head[0])
+        endpoints = tuple(v.endpoint for v in head)
+        return RouteDecision(
+            endpoints, reason, estimated_ttft_s=estimate_s,
+            tail=lambda: rank_rest(instances, endpoints, lambda v: self.estimator.estimate(request, v).ttft_s),
+        )
 
     def _remember_key(self, request_id: str, key: Key) -> None:
         self._keys_of[request_id] = key
@@ -241,11 +306,11 @@ class DualMap:
     # -- lifecycle --------------------------------------------------------------------------
 
     def on_dispatch(self, request: RouteRequest, endpoint: Endpoint, now_s: float) -> None:
-        self.estimator.on_dispatch(request, endpoint)
+        self.estimator.on_dispatch(request, endpoint, now_s)
 
     def on_first_token(self, request: RouteRequest, endpoint: Endpoint, now_s: float) -> None:
-        self.estimator.on_prefilled(request, endpoint)
+        self.estimator.on_first_token(request, endpoint, now_s)
 
     def on_finish(self, request: RouteRequest, endpoint: Endpoint, now_s: float, ok: bool) -> None:
-        self.estimator.on_prefilled(request, endpoint)
+        self.estimator.on_finish(request, endpoint, now_s)
         self._keys_of.pop(request.request_id, None)

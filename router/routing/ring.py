@@ -117,12 +117,15 @@ class RingCache:
         self._last_ids: tuple[int, ...] = ()
         self._last_endpoints: tuple[Endpoint, ...] = ()  # held so the ids above cannot be reused
         self._last: DualRing | None = None
+        self.positions: dict[str, int] = {}  # name -> index in the endpoints of the last `get`
 
     def get(self, endpoints: Sequence[Endpoint]) -> DualRing:
+        """The rings of `endpoints`' membership; `positions` then maps each name to its index there."""
         # Fast path: the same endpoint objects as last call (frozen, so same ids = same membership).
         ids = tuple(map(id, endpoints))
         if ids == self._last_ids and self._last is not None:
             return self._last
+        self.positions = {e.name: i for i, e in enumerate(endpoints)}
         membership = membership_of(endpoints)
         rings = self._rings.get(membership)
         if rings is None:

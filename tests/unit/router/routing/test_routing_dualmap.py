@@ -92,21 +92,44 @@ def test_both_candidates_over_slo_fall_back_to_the_lowest_estimate(slo_s, expect
 def test_a_hotspots_keys_move_to_their_other_candidate_and_stay_until_the_ttl():
     clock = ManualClock()
     router = DualMap(hotspot_factor=1.5, hotspot_floor=4, steer_ttl_s=30.0)
-    prefix = "hot tenant prompt " * 200
-    req = request(prefix + "q0", "r0")
-    c1, c2 = pair_of(router, req, pool(8))
+    prefix = "hot tenant prompt " * 30  # the key's two blocks; each prompt's long tail is its own
+
+    def fresh(i: int):
+        return request(prefix + f"question {i} " * 300, f"r{i}")
+
+    c1, c2 = pair_of(router, fresh(0), pool(8))
     views = pool(8)
-    # c1 holds the prefix (lower estimate) but runs 30 requests: mean 3.75, threshold max(5.6, 7.75)
-    router.on_dispatch(req, views[int(c1[1:])].endpoint, clock())
-    router.on_first_token(req, views[int(c1[1:])].endpoint, clock())
+    # c1 holds the key's blocks (under 30% of the prompt, so not held) but runs 30 requests:
+    # mean 3.75, threshold max(5.6, 7.75)
+    router.on_dispatch(fresh(0), views[int(c1[1:])].endpoint, clock())
+    router.on_first_token(fresh(0), views[int(c1[1:])].endpoint, clock())
     hot = with_load(views, c1, running=30)
-    decision = router.route(request(prefix + "q1", "r1"), hot, clock())
+    decision = router.route(fresh(1), hot, clock())
     assert decision.chosen.name == c2 and decision.reason == "hotspot"
     clock.advance(10.0)  # c1 cooled down, but the key stays steered (its cache now builds on c2)
-    decision = router.route(request(prefix + "q2", "r2"), views, clock())
+    decision = router.route(fresh(2), views, clock())
     assert decision.chosen.name == c2 and decision.reason == "hotspot"
     clock.advance(25.0)  # past the TTL: back to the better estimate
-    assert router.route(request(prefix + "q3", "r3"), views, clock()).chosen.name == c1
+    assert router.route(fresh(3), views, clock()).chosen.name == c1
+
+
+def test_a_held_prefix_stays_on_its_holder_even_when_it_is_busy():
+    """Rule 1: where at least `affinity_ratio` of the prompt is cached, the request goes there
+    whatever the queue: recomputing a long prefix elsewhere costs the fleet more than the wait."""
+    router = DualMap()
+    prefix = "a long shared conversation " * 200
+    first = request(prefix + "turn 1", "r0")
+    c1, c2 = pair_of(router, first, pool(8))
+    views = pool(8)
+    router.on_dispatch(first, views[int(c1[1:])].endpoint, 0.0)
+    router.on_first_token(first, views[int(c1[1:])].endpoint, 0.0)
+    busy = with_load(views, c1, running=30, waiting=10)
+    decision = router.route(request(prefix + "turn 2", "r1"), busy, 0.0)
+    assert decision.chosen.name == c1 and decision.reason == "affinity-c1"
+    held_less = DualMap(affinity_ratio=1.0)  # nothing counts as held: the busy holder is a hotspot
+    held_less.on_dispatch(first, views[int(c1[1:])].endpoint, 0.0)
+    held_less.on_first_token(first, views[int(c1[1:])].endpoint, 0.0)
+    assert held_less.route(request(prefix + "turn 2", "r1"), busy, 0.0).chosen.name == c2
 
 
 def test_a_queued_request_is_resent_at_most_once():
@@ -194,23 +217,24 @@ def test_estimate_discounts_the_expected_cached_prefix_and_cached_work_queued_ah
     view = pool(1)[0]
     first = request("doc " * 4000 + "q1", "r1")
     cold = estimator.estimate(first, view)
-    estimator.on_dispatch(first, view.endpoint)
+    estimator.on_dispatch(first, view.endpoint, 0.0)
     second = request("doc " * 4000 + "q2", "r2")
     warm = estimator.estimate(second, view)
     assert warm.cached_tokens >= 3900 and warm.ttft_s < cold.ttft_s / 5
-    estimator.on_dispatch(second, view.endpoint)  # queued behind `first`, almost all cached
+    estimator.on_dispatch(second, view.endpoint, 0.0)  # queued behind `first`, almost all cached
     queued = with_load([view], "i0", local_queued_prefill_tokens=first.prompt_tokens + second.prompt_tokens, local_inflight=2)[0]
     third = request("doc " * 4000 + "q3", "r3")
     # ahead of `third`: first's 4000 uncached tokens, not the 8000 raw prompt tokens queued
     assert estimator.estimate(third, queued).ttft_s == pytest.approx(cold.ttft_s + warm.ttft_s, rel=0.2)
-    estimator.on_prefilled(first, view.endpoint)
+    estimator.on_prefilled(first, view.endpoint, 0.0)
     drained = with_load([view], "i0", local_queued_prefill_tokens=second.prompt_tokens, local_inflight=2)[0]
     assert estimator.estimate(third, drained).ttft_s < cold.ttft_s / 5
 
 
 @pytest.mark.parametrize(("work_weight", "expect_holder"), [(0.0, False), (1.0, True)])
 def test_work_weight_charges_recomputing_a_prefix_the_other_candidate_holds(work_weight, expect_holder):
-    router = DualMap(work_weight=work_weight)
+    """Below `affinity_ratio` (here: always) candidates compete on score; work_weight prices the recompute."""
+    router = DualMap(work_weight=work_weight, affinity_ratio=1.01)
     prefix = "shared document " * 500  # ~2000 tokens
     warm = request(prefix + "first question", "warm")
     c1, c2 = pair_of(router, warm, pool(8))
@@ -261,6 +285,33 @@ def test_prefix_reuse_keeps_affinity_over_a_less_loaded_outsider():
         router.on_dispatch(req, decision.chosen, 0.0)
         router.on_first_token(req, decision.chosen, 0.0)
     req = request(prefix + "one more question", "r")
-    holders = {n for n in (v.name for v in views) if router.estimator.cached_tokens(req, n) > 0}
+    holders = {v.name for v in views if router.estimator.cached_tokens(req, v) > 0}
     busy = {name: {"local_queued_prefill_tokens": 2000, "local_inflight": 1} for name in holders}
     assert router.route(req, pool(8, **busy), 1.0).chosen.name in holders
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_calibration_learns_an_instance_slower_than_its_profile(calibrate):
+    """With `calibrate`, streamed TTFTs three times the estimate raise that instance's estimate;
+    a non-streamed answer (its "first token" is the whole answer) teaches nothing."""
+    router = DualMap(calibrate=calibrate)
+    views = pool(2)
+    probe = request("calibration probe " * 400, "probe")
+    before = router.estimator.estimate(probe, views[0]).ttft_s
+    for i in range(40):
+        req = request(f"prompt {i} " * 400, f"r{i}")
+        decision = router.route(req, views, float(i))
+        view = next(v for v in views if v.name == decision.chosen.name)
+        expected_s = router.estimator.estimate(req, view).ttft_s
+        router.on_dispatch(req, decision.chosen, float(i))
+        router.on_first_token(req, decision.chosen, float(i) + 3 * expected_s)
+        router.on_finish(req, decision.chosen, float(i) + 3 * expected_s, True)
+    after = router.estimator.estimate(probe, views[0]).ttft_s
+    assert (after > 2 * before) is calibrate
+    quiet = DualMap(calibrate=True)
+    for i in range(40):
+        req = request(f"prompt {i} " * 400, f"q{i}", stream=False)
+        decision = quiet.route(req, views, float(i))
+        quiet.on_dispatch(req, decision.chosen, float(i))
+        quiet.on_first_token(req, decision.chosen, float(i) + 10.0)
+    assert quiet.estimator.estimate(probe, views[0]).ttft_s == pytest.approx(before)
