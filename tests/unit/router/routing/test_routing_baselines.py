@@ -42,23 +42,33 @@ def test_round_robin_cycles_regardless_of_load():
 @pytest.mark.parametrize(
     ("loads", "expected"),
     [
-        ({"i0": {"running": 3}, "i1": {"waiting": 1}, "i2": {"running": 2}}, "i1"),
-        ({"i0": {"local_inflight": 4}, "i1": {"running": 3}, "i2": {"running": 3}}, "i1"),  # tie by name
-        ({"i0": {"running": 1}, "i1": {"running": 1, "local_inflight": 5}, "i2": {"running": 2}}, "i0"),
+        ({"i0": {"local_inflight": 3}, "i1": {"local_inflight": 1}, "i2": {"local_inflight": 2}}, "i1"),
+        ({"i0": {"local_inflight": 4}, "i1": {"local_inflight": 3}, "i2": {"local_inflight": 3}}, "i1"),  # tie: pool order
+        ({"i0": {"local_inflight": 1}, "i1": {"local_inflight": 0}, "i2": {"local_inflight": 0}}, "i1"),
+        # scraped counts are up to a scrape old: an instance that has since drained is not busy
+        ({"i0": {"running": 9, "local_inflight": 0}, "i1": {"local_inflight": 1}, "i2": {"local_inflight": 1}}, "i0"),
     ],
 )
-def test_least_loaded_picks_the_shortest_queue(loads, expected):
+def test_least_loaded_picks_the_fewest_in_flight_from_this_router(loads, expected):
     decision = make_router("least-loaded").route(request("x"), pool(3, **loads), NOW)
     assert decision.chosen.name == expected
 
 
 def test_power_of_two_never_picks_the_most_loaded_and_is_seeded():
-    views = pool(4, i2={"running": 99})
+    views = pool(4, i2={"local_inflight": 99})
     a, b = make_router("power-of-two", seed=7), make_router("power-of-two", seed=7)
     picks_a = [a.route(request("x"), views, NOW).chosen.name for _ in range(200)]
     picks_b = [b.route(request("x"), views, NOW).chosen.name for _ in range(200)]
     assert picks_a == picks_b
     assert "i2" not in picks_a and len(set(picks_a)) == 3
+
+
+def test_power_of_two_breaks_a_tie_to_the_first_drawn():
+    """`load1 <= load2` keeps worker 1: with equal loads the pick is the first random draw, so
+    ties spread uniformly instead of all going to the lowest name."""
+    router, views = make_router("power-of-two", seed=3), pool(4)
+    picks = Counter(router.route(request("x"), views, NOW).chosen.name for _ in range(400))
+    assert set(picks) == {"i0", "i1", "i2", "i3"} and min(picks.values()) > 60
 
 
 def test_consistent_hash_keeps_a_prefix_on_its_owner_until_the_bound():
@@ -69,10 +79,10 @@ def test_consistent_hash_keeps_a_prefix_on_its_owner_until_the_bound():
     assert all(router.route(req, views, NOW).chosen.name == owner for _ in range(5))
     # bound = ceil(1.25 * (total + 1) / 4); the owner at 6 with others at 1: ceil(1.25 * 10 / 4) = 4 < 7
     loaded = [v for v in views]
-    loaded = with_load(loaded, owner, running=6)
+    loaded = with_load(loaded, owner, local_inflight=6)
     for v in views:
         if v.name != owner:
-            loaded = with_load(loaded, v.name, running=1)
+            loaded = with_load(loaded, v.name, local_inflight=1)
     assert math.ceil(1.25 * 10 / 4) == 4
     decision = router.route(req, loaded, NOW)
     assert decision.chosen.name != owner and decision.reason == "bounded-load"
@@ -83,39 +93,79 @@ def test_session_affinity_is_sticky_and_stable_under_removal():
     views = pool(6)
     homes = {s: router.route(request("x", session_id=s), views, NOW).chosen.name for s in map(str, range(60))}
     assert len(set(homes.values())) >= 4
-    busy = with_load(views, homes["0"], running=40)
+    busy = with_load(views, homes["0"], local_inflight=40)
     assert router.route(request("x", session_id="0"), busy, NOW).chosen.name == homes["0"]
     removed = homes["1"]
     remaining = [v for v in views if v.name != removed]
     moved = [s for s, home in homes.items() if home != removed and router.route(request("x", session_id=s), remaining, NOW).chosen.name != home]
     assert moved == []  # rendezvous hashing: only the removed instance's sessions move
-    nosession = router.route(request("x"), with_load(views, "i0", running=3), NOW)
+    nosession = router.route(request("x"), with_load(views, "i0", local_inflight=3), NOW)
     assert nosession.reason == "no-session" and nosession.chosen.name == "i1"
 
 
-SYSTEM = "you are a careful assistant; " * 40  # ~1200 chars: 4 routing blocks
+SYSTEM = "you are a careful assistant; " * 40  # ~1200 chars: 4 full routing blocks + a tail
+
+
+def inflight(**counts: int) -> dict[str, dict[str, int]]:
+    return {name: {"local_inflight": n} for name, n in counts.items()}
 
 
 @pytest.mark.parametrize(
-    ("loads", "text", "expected_reason"),
+    ("loads", "text", "expected_reason", "expected"),
     [
-        ({}, SYSTEM + "question one", "cache-match"),  # 4 of 5 blocks match > 0.5
-        ({}, SYSTEM[:300] + "x" * 2000, "smallest-tree"),  # 1 of 9 blocks match
-        ({"i0": {"running": 20}, "i1": {"running": 100}, "i2": {"running": 10}}, SYSTEM + "question one", "imbalanced"),
-        ({"i1": {"running": 60}, "i2": {"running": 10}}, SYSTEM + "question one", "cache-match"),  # 50 <= 64: balanced
-        ({"i1": {"running": 100}, "i2": {"running": 80}, "i0": {"running": 70}}, SYSTEM + "q", "cache-match"),  # 100 <= 1.5 * 70
+        ({}, SYSTEM + "question one", "cache-match", "i1"),  # 4 of 5 blocks: 0.8 > 0.3
+        ({}, SYSTEM + "x" * 2000, "cache-match", "i1"),  # 4 of 13 blocks: 0.31 > 0.3
+        ({}, SYSTEM + "x" * 2400, "min-load", "i0"),  # 4 of 14 blocks: 0.29 <= 0.3; all idle: pool order, not tree size
+        (inflight(i0=2, i1=1, i2=1), SYSTEM + "x" * 2400, "min-load", "i1"),  # fewest in flight, first of the tie
+        (inflight(i0=20, i1=100, i2=10), SYSTEM + "question one", "imbalanced", "i2"),  # 90 > 64, 100 > 15
+        (inflight(i1=60, i2=10), SYSTEM + "question one", "cache-match", "i1"),  # 60 <= 64: balanced
+        (inflight(i0=70, i1=100, i2=80), SYSTEM + "q", "cache-match", "i1"),  # 30 <= 64 and 100 <= 1.5 * 70
+        (inflight(i0=0, i1=65, i2=0), SYSTEM + "q", "imbalanced", "i0"),  # 65 > 64 and 65 > 1.5 * 0; first of the tie
+        # scraped engine counts are not SGLang's load: a huge stale `running` changes nothing
+        ({"i1": {"running": 500}}, SYSTEM + "question one", "cache-match", "i1"),
     ],
 )
-def test_cache_aware_balance_thresholds_and_match_ratio(loads, text, expected_reason):
+def test_cache_aware_thresholds_and_load_rules(loads, text, expected_reason, expected):
     router = CacheAware()
     views = pool(3, **loads)
-    warm = request(SYSTEM + "question zero", "warm")
-    router.on_dispatch(warm, views[1].endpoint, NOW)  # i1 holds the system prompt
-    router.on_dispatch(request("y" * 5000, "big"), views[0].endpoint, NOW)  # i0 holds the largest tree
+    router.on_dispatch(request(SYSTEM + "question zero", "warm"), views[1].endpoint, NOW)  # i1 holds the system prompt
+    router.on_dispatch(request("y" * 5000, "big"), views[0].endpoint, NOW)  # i0 holds a bigger tree
     decision = router.route(request(text), views, NOW)
-    assert decision.reason == expected_reason
-    expected = {"cache-match": "i1", "smallest-tree": "i2", "imbalanced": "i2"}[expected_reason]
-    assert decision.chosen.name == expected
+    assert (decision.reason, decision.chosen.name) == (expected_reason, expected)
+
+
+@pytest.mark.parametrize(
+    ("inserts", "query", "expected"),
+    [
+        ([("i2", SYSTEM + "a"), ("i0", SYSTEM + "b")], SYSTEM + "c", "i2"),  # same depth: the first inserter
+        ([("i2", SYSTEM + "a"), ("i0", SYSTEM + "b"), ("i2", SYSTEM + "a")], SYSTEM + "c", "i2"),  # re-insert keeps it first
+        ([("i0", SYSTEM), ("i2", SYSTEM + "z" * 600)], SYSTEM + "z" * 600 + "?", "i2"),  # deeper beats earlier
+    ],
+)
+def test_cache_aware_tie_between_equal_matches_goes_to_the_first_inserter(inserts, query, expected):
+    router = CacheAware()
+    views = pool(3)
+    for k, (name, text) in enumerate(inserts):
+        router.on_dispatch(request(text, f"w{k}"), next(v.endpoint for v in views if v.name == name), NOW)
+    decision = router.route(request(query), views, NOW)
+    assert (decision.reason, decision.chosen.name) == ("cache-match", expected)
+
+
+def test_cache_aware_ignores_holders_outside_the_pool_and_inserts_on_every_path():
+    router = CacheAware()
+    views = pool(3)
+    router.on_dispatch(request(SYSTEM + "a", "w"), views[2].endpoint, NOW)
+    decision = router.route(request(SYSTEM + "b"), views[:2], NOW)  # i2 left the candidate set
+    assert decision.reason == "min-load" and decision.chosen.name == "i0"
+    router.on_dispatch(request(SYSTEM + "b"), decision.chosen, NOW)
+    assert router.route(request(SYSTEM + "c"), views, NOW).chosen.name == "i2"  # i2 inserted first
+    assert router.tree.matched_blocks("i0", request(SYSTEM + "b").prefix_hashes) == 5
+
+
+def test_cache_aware_defaults_are_sglang_router_0_3_2_cli_defaults():
+    router = CacheAware()
+    assert (router.cache_threshold, router.balance_abs_threshold, router.balance_rel_threshold) == (0.3, 64, 1.5)
+    assert router.tree.capacity_blocks * 256 == 2**26
 
 
 def test_cache_aware_tree_is_bounded_by_size_with_lru_eviction():
