@@ -27,6 +27,7 @@ ROUTE_HEADERS = {
     "x-fleetgate-route": "route",
     "x-fleetgate-rule": "rule",
 }
+ESTIMATE_HEADER = "x-fleetgate-estimated-ttft-ms"  # the gateway's TTFT estimate for a streamed request
 API_KINDS = ("auto", "chat", "completions")
 T = TypeVar("T")
 
@@ -75,6 +76,7 @@ class RequestResult:
     instance: str | None = None
     route: str | None = None
     rule: str | None = None
+    estimated_ttft_ms: float | None = None  # the gateway's estimate (ESTIMATE_HEADER), where it made one
 
 
 def schedule(requests: tuple[TraceRequest, ...] | list[TraceRequest], config: ReplayConfig) -> list[Scheduled]:
@@ -231,11 +233,12 @@ class Replayer:
         sent_s = self._clock()
         stream = _Stream()
         status = 0
-        route: dict[str, str | None] = {}
+        route: dict[str, str | float | None] = {}
         try:
             async with self._session.post(self._base + path, data=body, headers=headers) as response:
                 status = response.status
                 route = {field: response.headers.get(header) for header, field in ROUTE_HEADERS.items()}
+                route["estimated_ttft_ms"] = _number(response.headers.get(ESTIMATE_HEADER))
                 if status >= 400:
                     stream.error, stream.detail = f"http_{status}", (await response.text())[:200]
                 elif response.content_type == "application/json":  # a target that ignored stream=true
@@ -272,7 +275,7 @@ class Replayer:
                 return
 
     def _result(
-        self, item: Scheduled, sent_s: float, status: int, stream: _Stream, route: dict[str, str | None]
+        self, item: Scheduled, sent_s: float, status: int, stream: _Stream, route: dict[str, str | float | None]
     ) -> RequestResult:
         finished_s = self._clock()
         usage = stream.usage or {}
@@ -303,6 +306,13 @@ class Replayer:
             session_id=request.session_id,
             **route,
         )
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _as_chunk(response: dict) -> dict:

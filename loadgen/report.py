@@ -74,6 +74,13 @@ def _groups(results: list[RequestResult], key: str) -> dict[str, dict[str, Any]]
     }
 
 
+def _estimate_error(results: list[RequestResult]) -> dict[str, float | int | None]:
+    """|observed - estimated| TTFT where the gateway sent its estimate (x-fleetgate-estimated-ttft-ms)."""
+    errors = [abs(r.ttft_ms - r.estimated_ttft_ms) for r in results
+              if r.ttft_ms is not None and r.estimated_ttft_ms is not None]
+    return {"requests": len(errors), "p50": percentile(errors, 50), "p90": percentile(errors, 90)}
+
+
 def summarize(results: list[RequestResult], *, ttft_slo_ms: float, tpot_slo_ms: float | None = None) -> dict[str, Any]:
     """The numbers of one run. Attainment counts every scheduled request (dropped and failed ones miss
     the SLO); goodput is SLO-meeting requests per second of the run (first send to last answer)."""
@@ -98,6 +105,7 @@ def summarize(results: list[RequestResult], *, ttft_slo_ms: float, tpot_slo_ms: 
         "tpot_ms": _distribution([r.tpot_ms for r in ok if r.tpot_ms is not None]),
         "e2e_ms": _distribution([r.e2e_ms for r in ok if r.e2e_ms is not None]),
         "send_lag_ms": _distribution([(r.sent_s - r.scheduled_s) * 1000 for r in sent]),
+        "ttft_estimate_error_ms": _estimate_error(ok),
         "slo": {
             "ttft_ms": ttft_slo_ms,
             "tpot_ms": tpot_slo_ms,
@@ -194,6 +202,9 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("prefix hit ratio", _fmt(summary["tokens"]["prefix_hit_ratio"], "ratio")),
         ("send lag p99 ms", _fmt(summary["send_lag_ms"]["p99"], "ms")),
     ]
+    estimate = summary.get("ttft_estimate_error_ms")
+    if estimate and estimate["requests"]:
+        rows += [(f"TTFT estimate error p{p} ms", _fmt(estimate[f"p{p}"], "ms")) for p in (50, 90)]
     for pool, stats in summary.get("pools", {}).items():
         rows.append((f"pool {pool} share / hit", f"{_fmt(stats['share_ratio'], 'ratio')} / {_fmt(stats['prefix_hit_ratio'], 'ratio')}"))
     for instance, stats in summary.get("instances", {}).items():

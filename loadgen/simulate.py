@@ -8,6 +8,11 @@ so it is up to half a second stale) plus this router's exact local in-flight cou
 of dispatches, first tokens and finishes through its hooks. A router with a `resend` method
 (DualMap) is asked at every scrape whether requests still without a first token should move.
 
+Precise mode (router name `<router>+precise`, e.g. `dualmap+precise`): each view also carries
+`kv`, the engine's own prefix cache read at decision time (what KV events would tell the gateway,
+with no event delay), and each RouteRequest carries the engine's block hashes (`kv_hashes`).
+`oracle` (loadgen/oracle.py) reads every engine's exact cache and queue: the upper reference.
+
 Preparing a trace (rendering prompts, hashing KV and routing blocks) costs more than a run, so it
 is done once (`prepare`) and shared by every run of a capacity search or a router comparison.
 Requests whose prompt does not fit the instances' max_model_len are rejected up front, as vLLM
@@ -21,11 +26,12 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, cast
 
 from fleetgate.core.defaults import DEFAULT_GPU, DEFAULT_KEY_BLOCKS, DEFAULT_TTFT_SLO_MS
 from fleetgate.core.prefix import prefix_hashes, render_chat
 from fleetgate.core.tokens import KV_BLOCK_TOKENS, count_tokens, kv_block_hashes
+from fleetgate.loadgen.oracle import ORACLE, ExactEngine, Oracle
 from fleetgate.loadgen.traces import TraceRequest
 from fleetgate.pools.emulator.engine import (
     Engine,
@@ -36,13 +42,26 @@ from fleetgate.pools.emulator.engine import (
 )
 from fleetgate.pools.model import Endpoint
 from fleetgate.pools.profiles import GpuProfile, get_profile
-from fleetgate.router.routing.base import InstanceView, Router, RouteRequest, resends
-from fleetgate.router.routing.registry import make_router
+from fleetgate.router.routing.base import InstanceView, KvView, Router, RouteRequest, resends
+from fleetgate.router.routing.registry import ROUTER_NAMES, make_router
 
 log = logging.getLogger("fleetgate.loadgen.simulate")
 
 FALLBACK_REASONS = frozenset({"slo-fallback", "imbalanced", "bounded-load"})
 """Decision reasons meaning "affinity was dropped for load" (DualMap, cache-aware, consistent-hash)."""
+
+PRECISE_SUFFIX = "+precise"
+SIM_ROUTER_NAMES: tuple[str, ...] = (*ROUTER_NAMES, *(n + PRECISE_SUFFIX for n in ROUTER_NAMES), ORACLE)
+"""Every router name the simulator runs: the registry's, each in precise mode, and the oracle."""
+
+
+def split_router_name(name: str) -> tuple[str, bool]:
+    """(registry router name or "oracle", precise mode?) for a simulator router name."""
+    if name not in SIM_ROUTER_NAMES:
+        raise ValueError(f"unknown router {name!r}; known: {', '.join(SIM_ROUTER_NAMES)}")
+    if name.endswith(PRECISE_SUFFIX):
+        return name[: -len(PRECISE_SUFFIX)], True
+    return name, name == ORACLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +116,7 @@ class SimConfig:
     scrape_interval_s: float = 0.5
     key_blocks: int = DEFAULT_KEY_BLOCKS
     kv_cache_tokens: int | None = None  # override the profile's KV cache size (None: the profile's)
+    gpu_profile: GpuProfile | None = None  # a fleet file's custom profile called `gpu` (None: the built-in one)
     router_params: tuple[tuple[str, Any], ...] = ()
 
 
@@ -112,6 +132,7 @@ class SimResult:
     ttft_p99_ms: float
     tpot_p50_ms: float
     slo_attainment: float
+    goodput_rps: float  # requests served within the TTFT SLO per second of arrivals
     prefix_hit_ratio: float
     load_imbalance: float
     utilization: float  # mean busy share of the instances over the run
@@ -120,6 +141,9 @@ class SimResult:
     preemptions: int
     virtual_s: float
     reasons: dict[str, int] = field(default_factory=dict)
+    # |observed - estimated| TTFT, for routers that estimate it (DualMap); None for the others
+    ttft_estimate_error_p50_ms: float | None = None
+    ttft_estimate_error_p90_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,25 +189,44 @@ def ideal_prefix_hit_ratio(requests: Sequence[SimRequest], max_model_len: int, c
 _STEP_END, _SCRAPE, _ARRIVE = 0, 1, 2  # event kinds; at equal times engine effects land first
 
 
+class EngineKv:
+    """Precise mode's KvView: the engine's own prefix cache, read at decision time (no event delay)."""
+
+    __slots__ = ("engine",)
+    live = True
+    block_tokens = KV_BLOCK_TOKENS
+
+    def __init__(self, engine: ExactEngine) -> None:
+        self.engine = engine
+
+    def matched_blocks(self, kv_hashes: Sequence[int]) -> int:
+        return self.engine.matched_blocks(tuple(kv_hashes))
+
+
 class _Instance:
     """One engine plus what the router-side bookkeeping knows about it."""
 
-    __slots__ = ("endpoint", "profile", "engine", "output", "busy_s", "inflight", "queued", "queued_tokens", "scraped")
+    __slots__ = (
+        "endpoint", "profile", "engine", "kv", "output", "step_end_s", "busy_s", "inflight", "queued", "queued_tokens", "scraped",
+    )
 
-    def __init__(self, endpoint: Endpoint, profile: GpuProfile, engine: EngineLike) -> None:
+    def __init__(self, endpoint: Endpoint, profile: GpuProfile, engine: EngineLike, kv: KvView | None) -> None:
         self.endpoint = endpoint
         self.profile = profile
         self.engine = engine
+        self.kv = kv  # precise mode only
         self.output: StepOutput | None = None  # the step in flight, if any
+        self.step_end_s = 0.0  # when the step in flight ends
         self.busy_s = 0.0
         self.inflight = 0
         self.queued: dict[str, RouteRequest] = {}  # dispatched, no first token yet
         self.queued_tokens = 0
-        self.scraped = (0, 0, 0.0)  # waiting, running, kv usage at the last scrape
+        self.scraped: tuple[int, int, float, float | None] = (0, 0, 0.0, None)  # waiting, running, kv usage, when
 
     def view(self) -> InstanceView:
-        waiting, running, kv = self.scraped
-        return InstanceView(self.endpoint, self.profile, waiting, running, kv, self.inflight, self.queued_tokens)
+        waiting, running, kv, scraped_at_s = self.scraped
+        return InstanceView(self.endpoint, self.profile, waiting, running, kv, self.inflight, self.queued_tokens,
+                            scraped_at_s=scraped_at_s, kv=self.kv)
 
 
 class Simulation:
@@ -192,17 +235,20 @@ class Simulation:
     def __init__(self, requests: Sequence[SimRequest], config: SimConfig, engine_factory: EngineFactory | None = None) -> None:
         self.requests = requests
         self.config = config
-        profile = get_profile(config.gpu)
+        profile = config.gpu_profile or get_profile(config.gpu)
         factory = engine_factory or (lambda p: Engine(p, kv_cache_tokens=config.kv_cache_tokens))
-        self.instances = [
-            _Instance(Endpoint(f"{profile.name}-{i}", f"sim://{i}", "sim", "sim", profile.name), profile, factory(profile))
-            for i in range(config.instances)
-        ]
+        base, self.precise = split_router_name(config.router)
+        self.instances = []
+        for i in range(config.instances):
+            engine = factory(profile)
+            kv = EngineKv(cast(ExactEngine, engine)) if self.precise else None
+            endpoint = Endpoint(f"{profile.name}-{i}", f"sim://{i}", "sim", "sim", profile.name, gpu_profile=config.gpu_profile)
+            self.instances.append(_Instance(endpoint, profile, engine, kv))
         self.by_name = {inst.endpoint.name: inst for inst in self.instances}
         params = dict(config.router_params)
-        if config.router == "power-of-two":
+        if base == "power-of-two":
             params.setdefault("seed", config.seed)
-        self.router: Router = make_router(config.router, **params)
+        self.router: Router = Oracle(self.by_name, **params) if base == ORACLE else make_router(base, **params)  # type: ignore[arg-type]
         self._resender = self.router if resends(self.router) else None
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -212,6 +258,7 @@ class Simulation:
         self.reasons: Counter[str] = Counter()
         self.rejected = 0
         self.resent = 0
+        self._estimated_ttft_s: dict[str, float] = {}  # request id -> the router's TTFT estimate, from arrival
         self._last_effect_s = 0.0
 
     def _push(self, time_s: float, kind: int, payload: Any) -> None:
@@ -248,12 +295,14 @@ class Simulation:
     def _arrive(self, req: SimRequest, now: float) -> None:
         route_request = RouteRequest(
             req.request_id, req.prefix_hashes, req.prompt_tokens, req.output_tokens, req.session_id,
-            self.config.ttft_slo_s, self.config.key_blocks,
+            self.config.ttft_slo_s, self.config.key_blocks, kv_hashes=req.kv_hashes if self.precise else (),
         )
         self._route_requests[req.request_id] = route_request
         self._sim[req.request_id] = req
         decision = self.router.route(route_request, [inst.view() for inst in self.instances], now)
         self.reasons[decision.reason] += 1
+        if decision.estimated_ttft_s is not None:
+            self._estimated_ttft_s[req.request_id] = decision.estimated_ttft_s
         self._dispatch(route_request, self.by_name[decision.chosen.name], now)
 
     def _dispatch(self, request: RouteRequest, inst: _Instance, now: float) -> None:
@@ -271,6 +320,7 @@ class Simulation:
         if output.duration_s <= 0:
             raise RuntimeError(f"{inst.endpoint.name}: a step with work took no time")
         inst.output = output
+        inst.step_end_s = now + output.duration_s
         inst.busy_s += output.duration_s
         self._push(now + output.duration_s, _STEP_END, inst)
 
@@ -297,7 +347,7 @@ class Simulation:
     def _scrape(self, now: float) -> None:
         for inst in self.instances:
             stats = inst.engine.stats()
-            inst.scraped = (stats.waiting, stats.running, stats.kv_usage_ratio)
+            inst.scraped = (stats.waiting, stats.running, stats.kv_usage_ratio, now)
         if self._resender is not None:
             self._consider_resends(now)
 
@@ -319,10 +369,21 @@ class Simulation:
                 self.router.on_finish(request, inst.endpoint, now, False)
                 self.reasons["resend"] += 1
                 self.resent += 1
+                if decision.estimated_ttft_s is not None:
+                    arrival_s = self._sim[request_id].arrival_s / self.config.rate_scale
+                    self._estimated_ttft_s[request_id] = now - arrival_s + decision.estimated_ttft_s
                 self._dispatch(request, self.by_name[decision.chosen.name], now)
                 views = [i.view() for i in self.instances]
 
     # -- results ----------------------------------------------------------------------------
+
+    def _estimate_error(self, done: Sequence[RequestStats]) -> dict[str, float]:
+        estimated = self._estimated_ttft_s
+        errors = sorted(abs(s.ttft_s - estimated[s.request_id]) for s in done if s.request_id in estimated)
+        if not errors:
+            return {}
+        return {"ttft_estimate_error_p50_ms": percentile(errors, 50) * 1e3,
+                "ttft_estimate_error_p90_ms": percentile(errors, 90) * 1e3}
 
     def _result(self, end_s: float) -> SimResult:
         done = [s for s in self.finished if s.first_token_s is not None]
@@ -345,6 +406,7 @@ class Simulation:
             ttft_p99_ms=percentile(ttfts, 99) * 1e3,
             tpot_p50_ms=percentile(tpots, 50) * 1e3,
             slo_attainment=sum(t <= slo for t in ttfts) / len(ttfts) if ttfts else 0.0,
+            goodput_rps=sum(t <= slo for t in ttfts) / span_s if span_s > 0 else 0.0,
             prefix_hit_ratio=sum(s.cached_tokens for s in done) / prompt if prompt else 0.0,
             load_imbalance=max(busy) / mean_busy if mean_busy > 0 else 1.0,
             utilization=mean_busy / end_s if end_s > 0 else 0.0,
@@ -353,6 +415,7 @@ class Simulation:
             preemptions=sum(s.preemptions for s in done),
             virtual_s=end_s,
             reasons=dict(sorted(self.reasons.items())),
+            **self._estimate_error(done),
         )
 
 

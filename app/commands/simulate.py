@@ -20,9 +20,12 @@ TABLE_COLUMNS = (
     ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"),
     ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"),
     ("slo_attainment", "SLO ok", "{:.3f}"),
+    ("goodput_rps", "goodput rps", "{:.2f}"),
     ("prefix_hit_ratio", "prefix hit", "{:.3f}"),
     ("load_imbalance", "imbalance", "{:.2f}"),
     ("fallback_ratio", "fallback", "{:.3f}"),
+    ("ttft_estimate_error_p50_ms", "est. error p50 ms", "{:.0f}"),
+    ("ttft_estimate_error_p90_ms", "est. error p90 ms", "{:.0f}"),
 )
 
 
@@ -49,11 +52,17 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     )
     simulate.add_argument("--trace-format", required=True, choices=TRACE_FORMATS)
     simulate.add_argument(
-        "--router", default="dualmap", choices=(*ROUTER_NAMES, "all"),
-        help="routing algorithm; 'all' runs every router and prints one table (default dualmap)",
+        "--router", default="dualmap", type=_router_list, metavar="NAME[,NAME...]",
+        help=f"routing algorithm, or several comma-separated to compare them in one table; 'all' runs every router. "
+        f"Known: {', '.join(ROUTER_NAMES)}. A '+precise' suffix (dualmap+precise) gives the router each engine's exact "
+        "prefix cache, as KV events would in the gateway; 'oracle' sees every engine's exact cache and queue and "
+        "picks the lowest exact TTFT: the simulator's upper reference (default dualmap)",
     )
     simulate.add_argument("--instances", type=int, default=8, help="emulated instances in the pool (default 8)")
-    simulate.add_argument("--gpu", default=DEFAULT_GPU, help="GPU profile of every instance: h100, a100, l4 (default %(default)s)")
+    simulate.add_argument("--gpu", default=DEFAULT_GPU,
+                          help="GPU profile of every instance: h100, a100, l4, or one of --fleet's `gpus:` (default %(default)s)")
+    simulate.add_argument("--fleet", metavar="FLEET.yaml",
+                          help="fleet file whose custom GPU profiles (`gpus:`) --gpu may name")
     simulate.add_argument("--ttft-slo-ms", type=float, default=DEFAULT_TTFT_SLO_MS, help="TTFT SLO in milliseconds (default %(default)s)")
     rate = simulate.add_mutually_exclusive_group()
     rate.add_argument("--rate-scale", type=float, default=1.0, help="replay X times faster than the trace (default 1)")
@@ -90,9 +99,14 @@ def _simulate(args: argparse.Namespace) -> int:
         simulate,
     )
     from fleetgate.loadgen.traces import read_trace
+    from fleetgate.pools.config import load_fleet
     from fleetgate.pools.profiles import get_profile
-    from fleetgate.router.routing.registry import ROUTER_NAMES
 
+    try:
+        profile = get_profile(args.gpu, load_fleet(args.fleet).profiles() if args.fleet else None)
+    except ValueError as exc:  # an unknown --gpu, or an invalid fleet file (ConfigError)
+        print(exc, file=sys.stderr)
+        return 2
     trace = read_trace(args.trace, args.trace_format, limit=args.limit)
     for line, message in trace.errors[:5]:
         print(f"trace line {line}: {message}", file=sys.stderr)
@@ -100,14 +114,13 @@ def _simulate(args: argparse.Namespace) -> int:
         print("the trace has no usable requests", file=sys.stderr)
         return 1
     requests = prepare(tqdm(trace.requests, desc="hashing prompts", unit="req", leave=False, file=sys.stderr))
-    profile = get_profile(args.gpu)
     ideal = ideal_prefix_hit_ratio(requests, profile.max_model_len)
     pooled = ideal_prefix_hit_ratio(requests, profile.max_model_len, cache_tokens=args.instances * profile.kv_cache_tokens)
-    routers = ROUTER_NAMES if args.router == "all" else (args.router,)
+    routers = args.router
     rows: list[dict[str, Any]] = []
     for name in routers:
         config = SimConfig(
-            router=name, instances=args.instances, gpu=args.gpu, ttft_slo_s=args.ttft_slo_ms / 1e3,
+            router=name, instances=args.instances, gpu=profile.name, gpu_profile=profile, ttft_slo_s=args.ttft_slo_ms / 1e3,
             rate_scale=args.rate_scale, seed=args.seed, key_blocks=args.key_blocks,
         )
         if args.capacity:
@@ -122,20 +135,39 @@ def _simulate(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(row), flush=True)
     if not args.json:
-        print(format_table(rows))
+        bounds = [{"router": "bound: unlimited cache", "prefix_hit_ratio": ideal}, {"router": "bound: pooled LRU", "prefix_hit_ratio": pooled}]
+        print(format_table(rows + bounds))
         print(
-            f"\nprefix hit ratio bounds: unlimited cache {ideal:.3f}; the fleet's KV memory pooled as one LRU cache "
-            f"{pooled:.3f}. Rejected (prompt over max_model_len): {rows[0]['rejected']}"
+            "\nbound rows: the prefix hit ratio with an unlimited cache, and with the fleet's KV memory pooled as one "
+            f"LRU cache. Rejected (prompt over max_model_len): {rows[0]['rejected']}"
         )
     return 0
 
 
+def _router_list(text: str) -> tuple[str, ...]:
+    """--router: 'all' (the registry's routers) or comma-separated simulator router names."""
+    from fleetgate.loadgen.simulate import split_router_name
+    from fleetgate.router.routing.registry import ROUTER_NAMES
+
+    if text == "all":
+        return ROUTER_NAMES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    try:
+        for name in names:
+            split_router_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("no router named")
+    return names
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of simulation results (columns missing from every row are left out)."""
-    columns = [(key, title, fmt) for key, title, fmt in TABLE_COLUMNS if any(key in row for row in rows)]
+    """A Markdown table of simulation results (columns missing or None in every row are left out)."""
+    columns = [(key, title, fmt) for key, title, fmt in TABLE_COLUMNS if any(row.get(key) is not None for row in rows)]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) if key in row else "" for key, _, fmt in columns) + " |")
+        lines.append("| " + " | ".join(fmt.format(row[key]) if row.get(key) is not None else "" for key, _, fmt in columns) + " |")
     return "\n".join(lines)
 
 
