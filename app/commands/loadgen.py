@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
@@ -13,6 +14,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     _add_replay(commands)
     _add_report(commands)
     _add_bench(bench)
+    _add_bench_peers(bench)
 
 
 def _add_replay(commands: argparse._SubParsersAction) -> None:
@@ -81,6 +83,149 @@ def _add_bench(bench: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per rate (the median is reported)")
     parser.add_argument("--chunks", type=int, default=4, help="SSE token chunks per response")
     parser.set_defaults(func=_bench)
+
+
+def _add_bench_peers(bench: argparse._SubParsersAction) -> None:
+    from fleetgate.core.defaults import DEFAULT_GPU
+    from fleetgate.loadgen.peers import DEFAULT_ROUTERS, PEERS, ROUTER_KINDS
+    from fleetgate.loadgen.traces import FORMATS
+
+    parser = bench.add_parser(
+        "peers",
+        help="the real sglang-router and vllm-router next to Fleetgate (bare and on Ray Serve), over HTTP, "
+             "each in front of a fresh emulated fleet",
+        description=(
+            "For each router: start a fresh emulated fleet, start the router in front of it, replay the same trace "
+            "window open loop, read every instance's prefix-cache counters before and after, stop both. Prints "
+            "the `fleetgate report` table, a Markdown table for docs (SLO attainment, TTFT p50/p90/p99, goodput, "
+            "the engines' prefix hit ratio, per-instance request share) and writes results.json, compare.png and "
+            "one run folder per router to --out. Installs nothing: sglang-router and vllm-router are looked up in "
+            "--sglang-venv / --vllm-router-venv or on PATH, and a missing one is a table row that says how to "
+            "install it. Times are emulated seconds (wall time / --time-scale). Ctrl-C stops and still reports. "
+            "Example: fleetgate bench peers --trace ../shared/traces/mooncake/synthetic_trace.jsonl "
+            "--requests 600 --rate-scale 5 --instances 8 --time-scale 2"
+        ),
+    )
+    parser.add_argument("--trace", required=True, help="trace file or directory (agent sessions: a folder of JSONL files)")
+    parser.add_argument("--trace-format", choices=FORMATS, default="mooncake",
+                        help="format of --trace (default mooncake; agent sessions are openai-jsonl)")
+    parser.add_argument("--window-start", type=float, default=0.0, metavar="S",
+                        help="start of the window, seconds into the trace (after --max-gap; default 0)")
+    window = parser.add_mutually_exclusive_group()
+    window.add_argument("--requests", type=int, default=600, metavar="N", help="window length in requests (default 600)")
+    window.add_argument("--duration-s", type=float, default=None, metavar="S", help="window length in trace seconds")
+    parser.add_argument("--max-gap", type=float, default=None, metavar="S",
+                        help="shorten idle gaps in the trace to at most S seconds (agent sessions span 44 h)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate-scale", type=float, default=1.0, help="offered load: trace arrival rate times X (default 1)")
+    rate.add_argument("--rates", default=None, metavar="X,Y,...",
+                      help="sweep these rate scales (ascending, a fresh fleet each; a router stops at its first rate "
+                           "under 90%% within the SLO) and report each router's capacity")
+    parser.add_argument("--slo-ttft-ms", type=float, default=DEFAULT_TTFT_SLO_MS, help="TTFT SLO (default %(default)s)")
+    fleet = parser.add_mutually_exclusive_group()
+    fleet.add_argument("--instances", type=int, default=8, help="emulated instances, one pool (default 8)")
+    fleet.add_argument("--fleet", default=None, metavar="FLEET.yaml",
+                       help="fleet file with ONE emulator pool (count, gpu, model); ports are chosen freshly per run")
+    parser.add_argument("--gpu", default=DEFAULT_GPU, help="GPU profile with --instances (default %(default)s)")
+    parser.add_argument("--model", default="llama-3.1-8b", help="model the emulated instances serve (with --instances)")
+    parser.add_argument("--time-scale", type=float, default=2.0,
+                        help="wall seconds per emulated second: 2 (default) runs the fleet at half speed so router CPU "
+                             "on a shared machine does not distort the comparison")
+    parser.add_argument("--no-kv-events", dest="kv_events", action="store_false",
+                        help="the emulated fleet publishes no KV-cache events, so Fleetgate routes in approximate mode "
+                             "(by default they publish, as vLLM does with --kv-events-config; the peers cannot read them)")
+    parser.add_argument("--routers", default=",".join(DEFAULT_ROUTERS),
+                        help=f"comma-separated, in table order: {', '.join(ROUTER_KINDS)}; KIND:POLICY picks a Fleetgate "
+                             "router (fleetgate-bare:cache-aware) or a peer policy (sglang:round_robin) "
+                             "(default %(default)s)")
+    for peer in PEERS.values():
+        parser.add_argument(f"--{peer.name}-venv", default=os.environ.get(peer.venv_env), metavar="DIR",
+                            help=f"venv holding bin/{peer.executable} (default ${peer.venv_env}, else PATH); "
+                                 f"install: pip install {peer.pip_spec}")
+    parser.add_argument("--start-timeout-s", type=float, default=120.0,
+                        help="bound on a fleet's or router's start (default 120; 300 for fleetgate-serve)")
+    parser.add_argument("--run-timeout-s", type=float, default=900.0,
+                        help="bound on one replay, wall seconds; requests still open then count as failed (default 900)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/peers-<time>)")
+    parser.set_defaults(func=_bench_peers)
+
+
+def _bench_peers(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from fleetgate.loadgen.peers import (
+        PEERS,
+        BenchConfig,
+        RouterSpec,
+        RunRow,
+        markdown_table,
+        run_bench,
+        select_window,
+    )
+    from fleetgate.loadgen.peers import write_results as write_peer_results
+    from fleetgate.loadgen.plots import plot_compare
+    from fleetgate.loadgen.report import format_table, load_results
+    from fleetgate.loadgen.traces import compress_idle, read_trace
+    from fleetgate.pools.config import load_fleet
+    from fleetgate.pools.emulator.local import EmulatedPoolSpec, specs_from_fleet
+    from fleetgate.pools.profiles import get_profile
+
+    try:
+        specs = [RouterSpec.parse(text) for text in args.routers.split(",") if text.strip()]
+        rates = [float(x) for x in args.rates.split(",")] if args.rates else [args.rate_scale]
+        if args.fleet:
+            pools = specs_from_fleet(load_fleet(args.fleet))
+            if len(pools) != 1:
+                raise ValueError(f"{args.fleet} must have exactly one emulator pool (it has {len(pools)})")
+            pool = pools[0]
+        else:
+            pool = EmulatedPoolSpec("bench", args.model, args.gpu, args.instances)
+        max_model_len = pool.max_model_len or get_profile(pool.gpu).max_model_len
+    except (ValueError, KeyError) as error:
+        print(f"fleetgate bench peers: {error}", file=sys.stderr)
+        return 2
+    trace = read_trace(args.trace, args.trace_format)
+    if args.max_gap is not None:
+        trace = compress_idle(trace, args.max_gap)
+    window, refused = select_window(trace.requests, start_s=args.window_start,
+                                    count=None if args.duration_s else args.requests, duration_s=args.duration_s,
+                                    max_model_len=max_model_len)
+    if not window:
+        print("fleetgate bench peers: the trace window holds no servable request", file=sys.stderr)
+        return 1
+    out_dir = args.out or Path("runs") / time.strftime("peers-%Y%m%d-%H%M%S")
+    trace_meta = {"trace": str(args.trace), "trace_format": args.trace_format, "window_start_s": args.window_start,
+                  "window_span_s": window[-1].arrival_s, "refused_over_context": refused, "max_gap_s": args.max_gap}
+    config = BenchConfig(
+        requests=window, pool=pool, time_scale=args.time_scale, ttft_slo_ms=args.slo_ttft_ms, out_dir=out_dir,
+        start_timeout_s=args.start_timeout_s, serve_start_timeout_s=max(args.start_timeout_s, 300.0),
+        run_timeout_s=args.run_timeout_s, venvs={name: getattr(args, f"{name.replace('-', '_')}_venv") for name in PEERS},
+        trace_meta=trace_meta, kv_events=args.kv_events,
+    )  # fmt: skip
+    print(f"{len(window)} requests over {window[-1].arrival_s:.0f} trace seconds from {args.trace} "
+          f"({refused} refused for everyone: prompt >= {max_model_len} tokens); {pool.count} x {pool.gpu}, "
+          f"time scale {args.time_scale:g}; {len(specs)} routers x {len(rates)} rates; folders in {out_dir}/", flush=True)
+    with tqdm(total=len(specs) * len(rates), desc="bench peers", unit="run", file=sys.stderr) as bar:
+        def on_run(row: RunRow) -> None:
+            bar.update()
+            bar.set_postfix_str(f"{row.label} x{row.rate_scale:g}: {row.status[:40]}")
+
+        rows, interrupted = run_bench(specs, rates, config, on_run=on_run)
+    sweep = len(rates) > 1
+    ran = [row for row in rows if row.ran]
+    if ran:
+        labelled = [(f"{r.label}@x{r.rate_scale:g}" if sweep else r.label, r) for r in ran]
+        print(format_table([(label, r.summary) for label, r in labelled]))
+        runs = [(label, load_results(r.run_dir), r.summary) for label, r in labelled]
+        print(f"\nfigure: {plot_compare(out_dir / 'compare.png', runs)}")
+    print("\n" + markdown_table(rows, sweep))
+    print(f"\nresults: {write_peer_results(out_dir / 'results.json', rows, config, sweep)}")
+    if interrupted:
+        print("interrupted: the report covers the runs finished before Ctrl-C")
+    return 130 if interrupted else 0
 
 
 def _replay(args: argparse.Namespace) -> int:

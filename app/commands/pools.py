@@ -27,6 +27,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     emulate.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
     _time_scale(emulate)
     emulate.add_argument("--max-model-len", type=int, help="context limit in tokens (default: the profile's)")
+    emulate.add_argument("--kv-events-port", type=int,
+                         help="also publish vLLM-format KV-cache events (ZMQ) on tcp://HOST:PORT, for the gateway's "
+                         "precise mode (a fleet file's `kv_events`); default: none")
     emulate.set_defaults(func=_emulate)
 
     fleet = commands.add_parser("fleet", help="start or stop an emulated fleet described by a fleet YAML file")
@@ -92,7 +95,8 @@ def _emulate(args: argparse.Namespace) -> int:
     from fleetgate.pools.emulator.local import EmulatedPoolSpec
     from fleetgate.pools.emulator.serve_fleet import serve
 
-    spec = EmulatedPoolSpec("emulate", args.model, args.gpu, 1, args.port or None, args.max_model_len)
+    spec = EmulatedPoolSpec("emulate", args.model, args.gpu, 1, args.port or None, args.max_model_len,
+                            args.kv_events_port)
     asyncio.run(serve([spec], args.time_scale, None))
     return 0
 
