@@ -31,9 +31,9 @@ import yaml
 from fleetgate.core.defaults import DEFAULT_TTFT_SLO_MS
 from fleetgate.loadgen.replay import (
     ReplayConfig,
-    RequestResult,
     replay_trace,
     run_event_loop,
+    to_emulated_time,
 )
 from fleetgate.loadgen.report import format_table, write_run
 from fleetgate.loadgen.traces import read_trace
@@ -61,17 +61,6 @@ def flat_pool(pools: dict[str, Pool]) -> FleetConfig:
         max_context_tokens=max(e.max_context_tokens for e in endpoints),
         instances=[InstanceConfig(url=e.url, name=e.name, gpu=e.gpu) for e in endpoints],
     )])
-
-
-def to_emulated_time(result: RequestResult, time_scale: float) -> RequestResult:
-    """Wall-clock measurements of a time-scaled fleet -> emulated (real-GPU) seconds."""
-    def scaled(value: float | None) -> float | None:
-        return None if value is None else value / time_scale
-
-    return dataclasses.replace(
-        result, scheduled_s=result.scheduled_s / time_scale, sent_s=scaled(result.sent_s),
-        ttft_ms=scaled(result.ttft_ms), tpot_ms=scaled(result.tpot_ms), e2e_ms=scaled(result.e2e_ms),
-    )
 
 
 async def _wait_ready(url: str, instances: int, timeout_s: float = 120) -> None:

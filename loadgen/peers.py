@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the command line reads this module's tables; the heavy imports wait for a run
-    from fleetgate.loadgen.replay import ReplayConfig, ReplayOutcome, RequestResult
+    from fleetgate.loadgen.replay import ReplayConfig, ReplayOutcome
     from fleetgate.loadgen.traces import TraceRequest
     from fleetgate.pools.emulator.launcher import FleetState
     from fleetgate.pools.emulator.local import EmulatedPoolSpec
@@ -152,17 +152,6 @@ def select_window(requests: Sequence[TraceRequest], *, start_s: float, count: in
         first_s = window[0].arrival_s
         window = [dataclasses.replace(r, arrival_s=r.arrival_s - first_s) for r in window]
     return window, refused
-
-
-def to_emulated_time(result: RequestResult, time_scale: float) -> RequestResult:
-    """Wall-clock measurements of a time-scaled fleet -> emulated (real-GPU) seconds."""
-    def scaled(value: float | None) -> float | None:
-        return None if value is None else value / time_scale
-
-    return dataclasses.replace(
-        result, scheduled_s=result.scheduled_s / time_scale, sent_s=scaled(result.sent_s),
-        ttft_ms=scaled(result.ttft_ms), tpot_ms=scaled(result.tpot_ms), e2e_ms=scaled(result.e2e_ms),
-    )
 
 
 # --- engine counters -------------------------------------------------------------------------------
@@ -379,7 +368,7 @@ def run_one(spec: RouterSpec, rate_scale: float, config: BenchConfig, executable
 
 def _measure(spec: RouterSpec, rate_scale: float, config: BenchConfig, fleet: FleetState, url: str,
              metrics_port: int, run_dir: Path) -> RunRow:
-    from fleetgate.loadgen.replay import ReplayConfig, run_event_loop
+    from fleetgate.loadgen.replay import ReplayConfig, run_event_loop, to_emulated_time
     from fleetgate.loadgen.report import write_run
 
     before = scrape_engines(fleet.urls)

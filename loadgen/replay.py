@@ -79,6 +79,17 @@ class RequestResult:
     estimated_ttft_ms: float | None = None  # the gateway's estimate (ESTIMATE_HEADER), where it made one
 
 
+def to_emulated_time(result: RequestResult, time_scale: float) -> RequestResult:
+    """Wall-clock measurements of a time-scaled fleet -> emulated (real-GPU) seconds."""
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else value / time_scale
+
+    return replace(
+        result, scheduled_s=result.scheduled_s / time_scale, sent_s=scaled(result.sent_s),
+        ttft_ms=scaled(result.ttft_ms), tpot_ms=scaled(result.tpot_ms), e2e_ms=scaled(result.e2e_ms),
+    )
+
+
 def schedule(requests: tuple[TraceRequest, ...] | list[TraceRequest], config: ReplayConfig) -> list[Scheduled]:
     """Trace arrivals -> send times: rate-scaled, cut at duration_s and max_requests."""
     if config.rate_scale <= 0:
