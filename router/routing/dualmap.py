@@ -49,7 +49,7 @@ from fleetgate.router.routing.keylen import AdaptiveKeyLength
 from fleetgate.router.routing.ring import DualRing, Key, RingCache
 
 
-FALLBACK_SCAN = 16
+FALLBACK_SCAN = 8
 """Instances a load fallback estimates: the least loaded ones (see DualMap._best_elsewhere)."""
 
 
@@ -229,9 +229,10 @@ class DualMap:
                     if tokens > best_tokens:
                         best, best_tokens = view, tokens
             return best
-        if not request.prefix_hashes:
-            return None
-        name, blocks = self.estimator.index.longest_match(request.prefix_hashes, at)
+        hashes = request.prefix_hashes
+        if not hashes or all(name in pair for name in self.estimator.index.holders(hashes[0])):
+            return None  # the common case, checked in O(holders): nobody outside the pair holds even the first block
+        name, blocks = self.estimator.index.longest_match(hashes, at)
         if name is None or name in pair or min(blocks * BLOCK_TOKENS, request.prompt_tokens - 1) <= pair_cached:
             return None
         return instances[at[name]]
@@ -242,7 +243,7 @@ class DualMap:
     ) -> tuple[InstanceView, float]:
         """The lowest TTFT estimate outside `head`: over the whole pool when it is small, else
         over the next FALLBACK_SCAN instances on the key's second ring. Those are a random
-        sample per key (the best of 16 random instances is near the pool's best) that every
+        sample per key (the best of 8 random instances is near the pool's best) that every
         replica draws alike, so one key's fallbacks meet on the same few instances and reuse
         each other's prefix; and a decision stays O(1) in the pool size."""
         skip = {id(v) for v in head}

@@ -12,7 +12,7 @@ found by binary search.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Collection, Iterable, Sequence
+from typing import Collection, Container, Sequence
 
 
 class PrefixIndex:
@@ -73,27 +73,26 @@ class PrefixIndex:
                 hi = mid - 1
         return lo
 
-    def longest_match(self, hashes: Sequence[int], among: Iterable[str]) -> tuple[str | None, int]:
+    def longest_match(self, hashes: Sequence[int], among: Container[str]) -> tuple[str | None, int]:
         """The instance of `among` holding the longest prefix of `hashes` (the most recently used
         one on a tie) and its length in blocks; (None, 0) when none holds the first block."""
-        allowed = set(among)
         owners = self._owners
 
-        def holders_at(depth: int) -> dict[str, int]:
+        def held_at(depth: int) -> bool:
             found = owners.get(hashes[depth - 1])
-            return {k: v for k, v in found.items() if k in allowed} if found else {}
+            return found is not None and any(name in among for name in found)
 
-        if not hashes or not holders_at(1):
+        if not hashes or not held_at(1):
             return None, 0
         lo, hi = 1, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if holders_at(mid):
+            if held_at(mid):
                 lo = mid
             else:
                 hi = mid - 1
-        holders = holders_at(lo)
-        return max(holders, key=lambda name: (holders[name], name)), lo
+        holders = owners[hashes[lo - 1]]
+        return max((name for name in holders if name in among), key=lambda name: (holders[name], name)), lo
 
     def forget(self, instance: str) -> None:
         """Drop everything recorded for `instance` (it left the pool or restarted)."""
