@@ -53,6 +53,7 @@ from fleetgate.cache.verify import default_model
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.plan import CacheBypass, CacheHit, CacheLookup, CacheMiss, RoutePlan
 from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
 
 log = logging.getLogger("fleetgate.cache")
 
@@ -210,7 +211,8 @@ class SemanticCache:
             await self._store.remember_hit(request.request_id, ServedHit(found.entry_id, namespace), self._feedback_ttl_s)
         except CacheUnavailable:
             self.stats.store_unavailable += 1
-        return CacheHit(found.answer.text, found.answer.finish_reason, found.similarity, found.verifier_score)
+        answer = found.answer
+        return CacheHit(answer.text, answer.finish_reason, found.similarity, found.verifier_score, answer.usage)
 
     # ---- feedback --------------------------------------------------------------------------------
 
@@ -241,12 +243,12 @@ class SemanticCache:
         if isinstance(key, _MissKey) and key.leader:
             self._coalescer.settle(key.key.entry_id, None)
 
-    async def store(self, miss: CacheMiss, text: str, finish_reason: str) -> None:
-        """Remember a clean answer (waiters of the same miss get it at once). Never raises."""
+    async def store(self, miss: CacheMiss, text: str, finish_reason: str, usage: Usage | None = None) -> None:
+        """Remember a clean answer and what it cost (waiters of the same miss get it at once). Never raises."""
         key = miss.key
         if not isinstance(key, _MissKey):
             return
-        answer = Answer(text, finish_reason, key.max_tokens, question=key.key.text)
+        answer = Answer(text, finish_reason, key.max_tokens, question=key.key.text, usage=usage)
         refused = refusal(answer)
         if key.leader:  # the waiters asked the very same question: theirs is an exact hit on this entry
             self._coalescer.settle(key.key.entry_id, Found(key.key.entry_id, answer, 1.0) if refused is None else None)

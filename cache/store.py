@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fleetgate.cache.index import Namespace
 from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.usage import Usage
 
 log = logging.getLogger("fleetgate.cache")
 
@@ -63,6 +64,7 @@ class Answer:
     finish_reason: str
     max_tokens: int | None = None  # of the request that produced it: a "length" answer only fits requests asking no more
     question: str | None = None  # the key text it answers (cache/keys.py); None: stored before it was kept, unverifiable
+    usage: Usage | None = None  # the backend's usage for it; None: not reported, or stored before usage was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,19 @@ class InMemoryDocumentStore:
         self._hits.clear()
 
 
+def _usage_field(usage: Usage) -> str:
+    """A usage as one hash field: "prompt completion cached"."""
+    return f"{usage.prompt_tokens} {usage.completion_tokens} {usage.cached_tokens}"
+
+
+def _parse_usage(field: bytes) -> Usage | None:
+    """The inverse of `_usage_field`; None for anything else (the entry is still served, with estimated usage)."""
+    parts = field.split()
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return None
+    return Usage(*(int(part) for part in parts))
+
+
 class _HeadJson(BaseModel):
     """The head as stored in Redis (validated on the way in: another replica may run another version)."""
 
@@ -268,6 +283,8 @@ class RedisDocumentStore:
                           "max_tokens": "" if answer.max_tokens is None else str(answer.max_tokens)}
                 if answer.question is not None:
                     fields["question"] = answer.question
+                if answer.usage is not None:
+                    fields["usage"] = _usage_field(answer.usage)
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, max(1, int(np.ceil(head.ttl_s))))
                 pipe.xadd(self._stream, {"op": "put", "id": head.entry_id, "origin": self._origin, "head": head_json, "vec": vec},
@@ -277,12 +294,13 @@ class RedisDocumentStore:
         await self._call(write)
 
     async def answer(self, entry_id: str) -> Answer | None:
-        fields = ["text", "finish", "max_tokens", "question"]
-        text, finish, max_tokens, question = await self._call(lambda: self._client.hmget(self._key(entry_id), fields))
+        fields = ["text", "finish", "max_tokens", "question", "usage"]
+        text, finish, max_tokens, question, usage = await self._call(
+            lambda: self._client.hmget(self._key(entry_id), fields))
         if text is None or finish is None:
             return None
         return Answer(text.decode(), finish.decode(), int(max_tokens) if max_tokens else None,
-                      None if question is None else question.decode())
+                      None if question is None else question.decode(), None if usage is None else _parse_usage(usage))
 
     async def delete(self, entry_ids: list[str]) -> None:
         if not entry_ids:

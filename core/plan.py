@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fleetgate.core.defaults import DEFAULT_KEY_BLOCKS
 from fleetgate.core.profile import WorkloadProfile
 from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class CacheHit:
     finish_reason: str
     similarity: float  # cosine of the query and the cached question; 1.0 for an exact hit
     verifier_score: float | None = None  # the verifier's score of the pair; None: exact hit or verification off
+    usage: Usage | None = None  # what the answer cost when the backend produced it; None: stored before usage was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,9 @@ class ResponseCache(Protocol):
         """Never raises: any failure is a bypass or a miss."""
         ...
 
-    async def store(self, miss: CacheMiss, text: str, finish_reason: str) -> None:
-        """Remember a completed response (only called for responses that ended cleanly)."""
+    async def store(self, miss: CacheMiss, text: str, finish_reason: str, usage: Usage | None = None) -> None:
+        """Remember a completed response (only called for responses that ended cleanly) with the usage
+        the backend reported for it, which a hit on it reports again."""
         ...
 
     def release(self, miss: CacheMiss) -> None:

@@ -2,8 +2,9 @@
 
 Non-streaming requests get a whole `chat.completion` / `text_completion` object; streaming ones get
 the same chunk sequence vLLM sends (role chunk, content chunks, a finish chunk, a usage chunk when
-`stream_options.include_usage` asks for it, then `[DONE]`). Usage is counted with the project's
-stand-in tokenizer and reports the whole prompt as cached.
+`stream_options.include_usage` asks for it, then `[DONE]`). Usage is the one the backend reported
+when the answer was stored; entries stored before usage was kept get it counted with the project's
+stand-in tokenizer, the whole prompt reported as cached.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ import orjson
 from fleetgate.core.plan import CacheHit
 from fleetgate.core.request import InferenceRequest
 from fleetgate.core.tokens import count_tokens
+from fleetgate.core.usage import Usage
 
 REPLAY_CHUNK_CHARS = 64  # text per SSE chunk: a few tokens, like a real stream but without the wait
 
 
-def _usage(request: InferenceRequest, hit: CacheHit) -> dict[str, Any]:
-    prompt_tokens = request.prompt_tokens
-    completion_tokens = count_tokens(hit.text)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": prompt_tokens},
-    }
+def hit_usage(request: InferenceRequest, hit: CacheHit) -> Usage:
+    """What a hit reports (and the gateway counts as saved): the stored usage, else the stand-in estimate."""
+    if hit.usage is not None:
+        return hit.usage
+    return Usage(request.prompt_tokens, count_tokens(hit.text), cached_tokens=request.prompt_tokens)
 
 
 def _envelope(request: InferenceRequest, *, chunk: bool) -> dict[str, Any]:
@@ -46,7 +44,7 @@ def replay_body(request: InferenceRequest, hit: CacheHit) -> dict[str, Any]:
     else:
         choice = {"index": 0, "text": hit.text}
     choice.update(logprobs=None, finish_reason=hit.finish_reason)
-    return {**_envelope(request, chunk=False), "choices": [choice], "usage": _usage(request, hit)}
+    return {**_envelope(request, chunk=False), "choices": [choice], "usage": hit_usage(request, hit).to_openai()}
 
 
 def replay_chunks(request: InferenceRequest, hit: CacheHit) -> list[dict[str, Any]]:
@@ -70,7 +68,7 @@ def replay_chunks(request: InferenceRequest, hit: CacheHit) -> list[dict[str, An
     events.append(event(None if chat else "", finish_reason=hit.finish_reason))
     options = request.body.get("stream_options") or {}
     if isinstance(options, dict) and options.get("include_usage"):
-        events.append({**base, "choices": [], "usage": _usage(request, hit)})
+        events.append({**base, "choices": [], "usage": hit_usage(request, hit).to_openai()})
     return events
 
 

@@ -91,6 +91,10 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
+SYSTEM_FINGERPRINT = "vllm-0.32.0-emulator"
+"""vLLM's default (`--fingerprint-mode full`) stamps one on whole answers and on a stream's last event."""
+
+
 def response_body(
     kind: ApiKind, request_id: str, created: int, model: str, text: str, finish_reason: str, usage_: dict[str, Any]
 ) -> bytes:
@@ -107,17 +111,19 @@ def response_body(
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
         obj = "text_completion"
-    return orjson.dumps(
-        {"id": request_id, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage_}
-    )
+    return orjson.dumps({"id": request_id, "object": obj, "created": created, "model": model, "choices": [choice],
+                         "system_fingerprint": SYSTEM_FINGERPRINT, "usage": usage_})
 
 
 def chunk_event(
     kind: ApiKind, request_id: str, created: int, model: str, *, text: str | None = None,
     role: bool = False, finish_reason: str | None = None, usage_: dict[str, Any] | None = None,
+    fingerprint: bool = False,
 ) -> bytes:
     """One SSE event: a text delta (chat: optionally the opening role delta), or the usage-only
-    chunk with no choices that stream_options.include_usage asks for."""
+    chunk with no choices that stream_options.include_usage asks for. `fingerprint`: end it with
+    `system_fingerprint`, as vLLM 0.32 ends a stream's last event (the usage chunk when there is
+    one, otherwise the finish event)."""
     choices: list[dict[str, Any]] = []
     if usage_ is None:
         if kind == "chat":
@@ -134,6 +140,8 @@ def chunk_event(
     }
     if usage_ is not None:
         chunk["usage"] = usage_
+    if fingerprint:
+        chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 

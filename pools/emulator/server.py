@@ -263,7 +263,9 @@ class EmulatorServer:
             return _error(str(exc), exc.status, exc.param)
         if fault == "hang":
             await asyncio.Event().wait()  # until the client gives up (its disconnect cancels us)
-        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        prefix, engine_id = "chatcmpl" if kind == "chat" else "cmpl", uuid.uuid4().hex
+        request_id = f"{prefix}-{engine_id}"  # the engine's: unique even when clients reuse an X-Request-Id
+        answer_id = f"{prefix}-{request.headers.get('X-Request-Id') or engine_id}"  # vLLM names its answer after it
         arrival_s = self.now_s()
         pending = _Pending(arrival_s)
         self._pending[request_id] = pending
@@ -276,8 +278,8 @@ class EmulatorServer:
         self._wake.set()
         try:
             if job.stream:
-                return await self._stream(request, job, request_id, pending)
-            return await self._complete(request, job, request_id, pending)
+                return await self._stream(request, job, answer_id, pending)
+            return await self._complete(request, job, answer_id, pending)
         finally:
             # Finished requests are already gone from the engine; anything else (disconnect) is aborted.
             self._pending.pop(request_id, None)
@@ -317,23 +319,23 @@ class EmulatorServer:
         return _Job(kind, text, prompt_tokens, max_tokens, natural if stops_naturally else max_tokens, seed, body.stream,
                     include_usage, stops_naturally)
 
-    async def _complete(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.Response:
+    async def _complete(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending) -> web.Response:
         while not isinstance(stats := await pending.queue.get(), RequestStats):
             pass
         if self.fault == "reset" and request.transport is not None:
             request.transport.close()
         text = answer_text(job.seed, 0, stats.output_tokens)
         body = response_body(
-            job.kind, request_id, int(time.time()), self.model, text, job.finish_reason(stats),
+            job.kind, answer_id, int(time.time()), self.model, text, job.finish_reason(stats),
             usage(stats.prompt_tokens, stats.output_tokens, stats.cached_tokens),
         )
         return web.Response(body=body, content_type="application/json")
 
-    async def _stream(self, request: web.Request, job: _Job, request_id: str, pending: _Pending) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
-        event = lambda **kw: chunk_event(job.kind, request_id, created, self.model, **kw)  # noqa: E731
+        event = lambda **kw: chunk_event(job.kind, answer_id, created, self.model, **kw)  # noqa: E731
         sent = 0
         try:
             while True:
@@ -345,11 +347,13 @@ class EmulatorServer:
                 events: list[bytes] = []
                 if sent == 0 and job.kind == "chat":
                     events.append(event(role=True))
-                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and job.finish_reason(done)))
+                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and job.finish_reason(done),
+                                    fingerprint=done is not None and not job.include_usage))
                 sent += count
                 if done is not None:
                     if job.include_usage:
-                        events.append(event(usage_=usage(done.prompt_tokens, done.output_tokens, done.cached_tokens)))
+                        events.append(event(usage_=usage(done.prompt_tokens, done.output_tokens, done.cached_tokens),
+                                            fingerprint=True))
                     events.append(DONE_EVENT)
                 await response.write(b"".join(events))
                 if self.fault == "reset" and request.transport is not None:

@@ -39,7 +39,9 @@ async def test_openai_client_through_ray_serve(serve_url: str, fleet) -> None:  
     assert raw.parse().choices[0].message.content == expected.message.content
     assert raw.headers["x-fleetgate-route"].startswith(("affinity", "slo", "hotspot"))
     stream = await gateway.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=10, stream=True)
-    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == expected.message.content
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.message.content
+    assert all(c.usage is None and c.choices for c in chunks)  # usage went to the gateway (asked upstream), not to us
 
     prompt = "The quick brown fox"
     expected_text = (await direct.completions.create(model=MODEL, prompt=prompt, max_tokens=7)).choices[0].text

@@ -100,3 +100,22 @@ async def test_two_gateways_share_entries_and_survive_a_redis_outage(tmp_path: P
             if headers["x-fleetgate-route"] == "cache-hit":
                 break
         assert headers["x-fleetgate-route"] == "cache-hit", "the cache did not recover after Redis came back"
+
+
+async def test_a_hit_reports_the_usage_stored_with_its_answer_and_counts_it_saved(tmp_path: Path,
+                                                                                 redis_server: RedisServer) -> None:
+    async with fleet(tmp_path, redis_server.url) as (url,):
+        c = client(url)
+        first = await c.chat.completions.create(model=MODEL, messages=chat(QUESTION), max_tokens=16, temperature=0)
+        hit = await c.chat.completions.with_raw_response.create(model=MODEL, messages=chat(PARAPHRASE), max_tokens=16,
+                                                                temperature=0)
+        assert hit.headers["x-fleetgate-cache"] == "hit"
+        assert first.usage is not None and hit.parse().usage == first.usage  # the question's, not a stand-in for the paraphrase
+        stream = await c.chat.completions.create(model=MODEL, messages=chat(PARAPHRASE), max_tokens=16, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        assert chunks[-1].choices == [] and chunks[-1].usage == first.usage
+        async with aiohttp.ClientSession() as session:
+            metrics = await (await session.get(url + "/metrics")).text()
+        saved = 2 * (first.usage.prompt_tokens + first.usage.completion_tokens)
+        assert f'fleetgate_cache_tokens_saved_total{{model="{MODEL}",tenant="anonymous"}} {float(saved)}' in metrics

@@ -23,6 +23,7 @@ from fleetgate.cache.store import RedisDocumentStore
 from fleetgate.core.plan import CacheHit, CacheMiss, RoutePlan
 from fleetgate.core.profile import WorkloadProfile
 from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,23 @@ async def test_a_document_written_before_questions_were_kept_is_an_exact_hit_onl
         assert isinstance(await cache.lookup(request(PARAPHRASE), PLAN), CacheMiss)
         assert cache.stats.verifier_rejections == {"faq": 1}
         assert await cache.lookup(request(QUESTION), PLAN) == CacheHit("A", "stop", 1.0)
+
+
+async def test_usage_is_stored_with_the_answer_and_older_documents_load_without_it(
+    model: SentenceTransformerEmbedder, redis_server: RedisServer,
+) -> None:
+    async with semantic_cache(model, redis_server.url) as cache:
+        miss = await cache.lookup(request(QUESTION), PLAN)
+        assert isinstance(miss, CacheMiss)
+        await cache.store(miss, "A", "stop", Usage(30, 1, 16))
+        assert await cache.lookup(request(QUESTION), PLAN) == CacheHit("A", "stop", 1.0, usage=Usage(30, 1, 16))
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            [key] = [key async for key in client.scan_iter(match="fleetgate:cache:doc:*")]
+            assert await client.hdel(key, "usage") == 1  # as an older gateway wrote it
+        finally:
+            await client.aclose()
+        assert await cache.lookup(request(QUESTION), PLAN) == CacheHit("A", "stop", 1.0)  # replayed with estimated usage
 
 
 async def test_feedback_drops_a_wrong_hit_for_every_replica(model: SentenceTransformerEmbedder, redis_server: RedisServer) -> None:

@@ -17,6 +17,7 @@ from fleetgate.cache.keys import RequestKey, request_key
 from fleetgate.core import prefix, tokens
 from fleetgate.core.plan import CacheHit, CacheLookup, CacheMiss, RoutePlan
 from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
 from fleetgate.policies.static_planner import StaticPlanner
 from fleetgate.pools.model import Endpoint, Pool
 from fleetgate.pools.registry import FleetRegistry, HealthPolicy
@@ -74,7 +75,7 @@ class FakeCache:
         self.keys.append(key)
         return self.hit if self.hit is not None else CacheMiss(key)
 
-    async def store(self, miss: CacheMiss, text: str, finish_reason: str) -> None:
+    async def store(self, miss: CacheMiss, text: str, finish_reason: str, usage: Usage | None = None) -> None:
         self.stored.append(text)
 
     def release(self, miss: CacheMiss) -> None:
