@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fleetgate.app.admin_access import AdminAccess
 from fleetgate.core.errors import (
     GatewayError,
     InvalidRequestError,
@@ -28,6 +29,7 @@ from fleetgate.core.errors import (
     internal_error_body,
 )
 from fleetgate.core.request import ApiKind
+from fleetgate.router.frontdoor import FrontDoor
 from fleetgate.router.gateway import Gateway, GatewayResponse
 from fleetgate.router.ingress import parse_inference_request
 
@@ -38,6 +40,8 @@ class GatewayRuntime(Protocol):
     """What the app needs from the composition root: a started gateway and its lifecycle."""
 
     gateway: Gateway
+    front_door: FrontDoor
+    admin_token: str | None
     max_body_bytes: int
 
     async def start(self) -> None: ...
@@ -50,7 +54,8 @@ class GatewayRuntime(Protocol):
 
 
 def _error_response(error: GatewayError, request_id: str) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status, headers={"x-request-id": request_id})
+    return JSONResponse(error.to_body(), status_code=error.status,
+                        headers={"x-request-id": request_id, **error.headers()})
 
 
 async def _read_body(request: Request, limit_bytes: int) -> bytes:
@@ -82,20 +87,33 @@ def _to_http(response: GatewayResponse) -> Response:
                     media_type=response.content_type)
 
 
-def create_app(runtime: GatewayRuntime) -> Starlette:
-    """Build the ASGI app around a runtime that `start()`s with the app and `stop()`s with it."""
+def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) -> Starlette:
+    """Build the ASGI app around a runtime that `start()`s with the app and `stop()`s with it.
+    `client_address_known`: whether a request's peer address is the real client's (app/admin_access.py)."""
     gateway_models_created = int(time.time())
+    admin = AdminAccess(runtime.admin_token, client_address_known=client_address_known)
+
+    def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            try:
+                admin.check({k.lower(): v for k, v in request.headers.items()},
+                            request.client.host if request.client else None)
+            except GatewayError as error:
+                return _error_response(error, uuid.uuid4().hex)
+            return await handler(request)
+
+        return guarded
 
     def inference(api: ApiKind) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             try:
-                raw = await _read_body(request, runtime.max_body_bytes)
                 headers = {k.lower(): v for k, v in request.headers.items()}
+                key = runtime.front_door.identify(headers)  # 401 before reading the body
+                raw = await _read_body(request, runtime.max_body_bytes)
                 parsed = parse_inference_request(raw, api, request_id=request_id,
-                                                 arrival_s=runtime.gateway.clock(), headers=headers)
-                if parsed.stream:
-                    return _to_http(await runtime.gateway.handle(parsed, raw, headers))
+                                                 arrival_s=runtime.gateway.clock(), headers=headers, key=key)
+                await runtime.front_door.admit(parsed, key)
                 return _to_http(await _unless_disconnected(request, runtime.gateway.handle(parsed, raw, headers)))
             except GatewayError as error:
                 runtime.gateway.metrics.rejected.labels(error.code or error.error_type).inc()
@@ -108,9 +126,14 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
 
         return endpoint
 
-    async def models(_request: Request) -> Response:
+    async def models(request: Request) -> Response:
+        served = runtime.gateway.registry.snapshot.models()
+        try:
+            key = runtime.front_door.identify({k.lower(): v for k, v in request.headers.items()})
+        except GatewayError as error:
+            return _error_response(error, uuid.uuid4().hex)
         data = [{"id": model, "object": "model", "created": gateway_models_created, "owned_by": "fleetgate"}
-                for model in runtime.gateway.registry.snapshot.models()]
+                for model in served if key is None or key.allows(model)]
         return JSONResponse({"object": "list", "data": data})
 
     async def health(_request: Request) -> Response:
@@ -144,8 +167,10 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
     async def cache_feedback(request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            key = runtime.front_door.identify(headers)
             raw = await _read_body(request, runtime.max_body_bytes)
-            await runtime.gateway.cache_feedback(raw, {k.lower(): v for k, v in request.headers.items()})
+            await runtime.gateway.cache_feedback(raw, headers, key.tenant if key is not None else None)
         except GatewayError as error:
             return _error_response(error, request_id)
         return JSONResponse({"dropped": True}, headers={"x-request-id": request_id})
@@ -173,16 +198,18 @@ def create_app(runtime: GatewayRuntime) -> Starlette:
             Route("/v1/cache/feedback", cache_feedback, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/admin/fleet", fleet, methods=["GET"]),
-            Route("/admin/explain", explain, methods=["POST"]),
-            Route("/admin/policy/reload", reload_policy, methods=["POST"]),
+            Route("/admin/fleet", admin_only(fleet), methods=["GET"]),
+            Route("/admin/explain", admin_only(explain), methods=["POST"]),
+            Route("/admin/policy/reload", admin_only(reload_policy), methods=["POST"]),
         ],
         lifespan=lifespan,
     )
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[GatewayResponse]) -> GatewayResponse:
-    """Run a non-streaming request, cancelling it (and so its upstream call) if the client leaves."""
+    """Run a request up to its response (a stream: up to its first byte), cancelling it if the client
+    leaves: a waiter in the admission queue leaves the queue, and an upstream call is cancelled. After
+    that a stream's own disconnect handling (StreamingResponse) closes the relay."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:

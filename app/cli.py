@@ -14,10 +14,12 @@ import sys
 AREA_COMMANDS: tuple[str, ...] = (
     "fleetgate.app.commands.pools",
     "fleetgate.app.commands.serve",
+    "fleetgate.app.commands.keys",
     "fleetgate.app.commands.policies",
     "fleetgate.app.commands.cache",
     "fleetgate.app.commands.simulate",
     "fleetgate.app.commands.loadgen",
+    "fleetgate.app.commands.admission",
     "fleetgate.app.demo",
 )
 """Modules with a `register(commands, bench)` function, in the order their commands are listed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -22,10 +23,15 @@ from fleetgate.core.request import ApiKind
 from fleetgate.policies.static_planner import StaticPlanner
 from fleetgate.pools.model import Pool
 from fleetgate.pools.registry import FleetRegistry, HealthPolicy
+from fleetgate.router.admission import Admission
+from fleetgate.router.frontdoor import FrontDoor
 from fleetgate.router.gateway import Gateway
 from fleetgate.router.ingress import parse_inference_request
+from fleetgate.router.keyring import KeyRing, KeysWatcher
+from fleetgate.router.keys import load_keys
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.proxy import ProxyTimeouts, UpstreamClient
+from fleetgate.router.ratelimit import RateLimiter
 from fleetgate.router.routing.base import Router
 from fleetgate.router.routing.registry import make_router
 
@@ -57,18 +63,26 @@ class Runtime:
         self.policy: PolicyRuntime | None = PolicyRuntime(settings, pools) if settings.policy else None
         planner: Planner = self.policy.planner if self.policy else StaticPlanner(
             pools, settings.router, ttft_slo_s=settings.ttft_slo_ms / 1000 if settings.ttft_slo_ms else None)
+        metrics = GatewayMetrics(CollectorRegistry())
         self.gateway = Gateway(
             registry=self.registry,
             planner=planner,
             upstream=self.upstream,
-            metrics=GatewayMetrics(CollectorRegistry()),
+            metrics=metrics,
             router_factory=router_factory,
             cache=self.policy.cache if self.policy else None,
             max_attempts=settings.max_attempts,
             resend_check_s=settings.resend_check_s,
+            admission=Admission(queue_size=settings.admission_queue_size, recheck_s=settings.admission_recheck_s,
+                                max_wait_s=settings.admission_max_wait_s, metrics=metrics)
+            if settings.admission else None,
         )
         if self.policy is not None and self.policy.cache is not None:
             self.gateway.metrics.watch_cache(self.policy.cache)
+        self.front_door, self.keys_watcher = _front_door(settings, self.gateway.metrics)
+        if self.front_door.limiter is not None:
+            self.gateway.add_usage_listener(self.front_door.on_usage)
+        self.admin_token = _admin_token(settings.admin_token_env)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -77,6 +91,9 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.registry.run(self.upstream.probe_session), name="fleet-refresh"))
         if self.policy is not None:
             self._tasks += await self.policy.start()
+        if self.keys_watcher is not None:
+            self._tasks.append(asyncio.create_task(_watch_keys(self.keys_watcher, self.settings.policy_poll_s),
+                                                   name="keys-reload"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -144,6 +161,33 @@ class PolicyRuntime:
             await asyncio.to_thread(self.watcher.poll)
 
 
+def _front_door(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[FrontDoor, KeysWatcher | None]:
+    """Keys, model permissions and rate limits (a keys file), or an open front door (none)."""
+    if settings.keys is None:
+        return FrontDoor(), None
+    ring = KeyRing(load_keys(settings.keys))  # a bad or missing file stops the start: never open by accident
+    limiter = RateLimiter(metrics, settings.redis_url, timeout_s=settings.redis_timeout_s)
+    return FrontDoor(ring, limiter), KeysWatcher(ring, settings.keys, interval_s=settings.policy_poll_s)
+
+
+async def _watch_keys(watcher: KeysWatcher, poll_s: float) -> None:
+    """Reload the keys file when it changes; a bad file keeps the keys in effect."""
+    while True:
+        await asyncio.sleep(poll_s)
+        await asyncio.to_thread(watcher.poll)
+
+
+def _admin_token(variable: str | None) -> str | None:
+    """The admin token from the environment variable the settings name (never from a setting itself)."""
+    if variable is None:
+        return None
+    token = os.environ.get(variable, "")
+    if not token:
+        raise ValueError(f"admin_token_env names {variable}, which is not set (or empty) in the gateway's "
+                         "environment")
+    return token
+
+
 def _document_store(settings: GatewaySettings) -> DocumentStore:
     from fleetgate.cache.store import InMemoryDocumentStore, RedisDocumentStore
 
@@ -152,7 +196,9 @@ def _document_store(settings: GatewaySettings) -> DocumentStore:
     return RedisDocumentStore(settings.redis_url, socket_timeout_s=settings.redis_timeout_s)
 
 
-def build_asgi_app(settings: GatewaySettings, router_factory: Callable[..., Router] = make_router) -> Any:
-    """The gateway as an ASGI app (its lifespan starts and stops the runtime)."""
-    return create_app(Runtime(settings, router_factory))
+def build_asgi_app(settings: GatewaySettings, router_factory: Callable[..., Router] = make_router, *,
+                   client_address_known: bool = True) -> Any:
+    """The gateway as an ASGI app (its lifespan starts and stops the runtime); `client_address_known`:
+    whether a request's peer address is the real client's (not behind Ray Serve's HAProxy)."""
+    return create_app(Runtime(settings, router_factory), client_address_known=client_address_known)
 

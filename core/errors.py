@@ -7,6 +7,7 @@ anything else is a bug and becomes a generic 500 without a traceback in the body
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -25,12 +26,73 @@ class GatewayError(Exception):
     def to_body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries besides the body (e.g. Retry-After)."""
+        return {}
+
 
 class InvalidRequestError(GatewayError):
     """Malformed JSON, missing or ill-typed fields."""
 
     status = 400
     error_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    """Missing, unknown, revoked or expired API key (OpenAI's 401). The message never quotes the key."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    """A valid key asked for something it may not use: a model outside its list, an admin endpoint."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RetryLaterError(GatewayError):
+    """Refused for now, not for good: `retry_after_s` becomes Retry-After (whole seconds, rounded up)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class RateLimitError(RetryLaterError):
+    """Over a key's or tenant's RPM or TPM (router/ratelimit.py). As OpenAI sends it: type `requests`
+    or `tokens`, code `rate_limit_exceeded`, and Retry-After."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, error_type: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.error_type = error_type
+
+
+class AdmissionQueueFullError(RetryLaterError):
+    """Admission (router/admission.py) shed the request, or refused it, because its pools' queue is full
+    and it ranked lowest (lowest priority, its tenant furthest over its share, newest)."""
+
+    status = 429
+    error_type = "requests"
+    code = "admission_queue_full"
+
+
+class FleetOverloadedError(RetryLaterError):
+    """Admission shed the request: it waited until its TTFT SLO (or the wait bound) passed, so even an
+    immediate start would be late."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    code = "fleet_overloaded"
 
 
 class ModelNotFoundError(GatewayError):

@@ -38,6 +38,8 @@ class InferenceRequest:
     user: str | None = None
     session_id: str | None = None  # x-session-id header, else `user`
     tenant: str = "default"  # from the API key; never shares cache entries across tenants
+    priority: str | None = None  # the key's priority class (high, normal, low); None: the policy rule's
+    key_id: str | None = None  # the verified key's public id (keys file); None: the gateway has no keys file
     cache_bypass: bool = False  # Cache-Control: no-cache or no-store: neither answered from nor stored in the cache
     arrival_s: float = 0.0
     routing_text: str = field(init=False, repr=False, compare=False)  # chat rendered with roles and tools, or the prompt

@@ -44,6 +44,7 @@ class ReplayConfig:
     request_timeout_s: float = 600.0
     ignore_eos: bool = True  # vLLM extension: generate exactly the traced output length
     start_delay_s: float = 0.05  # head start so the first sends are not late behind set-up work
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request, e.g. a tenant's Authorization
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +239,7 @@ class Replayer:
 
     async def _send(self, item: Scheduled) -> None:
         path, body = request_body(item.request, self._config)
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **dict(self._config.headers)}
         if item.request.session_id:
             headers["x-session-id"] = item.request.session_id
         sent_s = self._clock()

@@ -28,6 +28,7 @@ prompts with the same token ids; without it, the emulator's character blocks.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -91,6 +92,18 @@ class PoolConfig(BaseModel):
     base_port: int | None = Field(default=None, gt=0, lt=65536)
     kv_events_base_port: int | None = Field(default=None, gt=0, lt=65536)  # count pools: instance i publishes on +i
     tokenizer: str | None = None  # path of the engines' tokenizer.json (precise-mode keys)
+    # The key the instances expect (vllm --api-key), by the NAME of the gateway's environment variable that
+    # holds it: a fleet file is shared and committed, a key must not be.
+    api_key_env: str | None = None
+    forward_client_key: bool = False  # send the client's own Authorization upstream instead (never by default)
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _a_variable_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,127}", value):
+            raise ValueError("names the environment variable that holds the key (e.g. POOL_A_API_KEY), never "
+                             "the key itself: upper-case letters, digits and _")
+        return value
 
     @field_validator("gpu")
     @classmethod
@@ -105,6 +118,8 @@ class PoolConfig(BaseModel):
             raise ValueError("`count` needs `base_port`")
         if self.kv_events_base_port is not None and self.count is None:
             raise ValueError("`kv_events_base_port` is for count/base_port pools; give instances `kv_events`")
+        if self.api_key_env is not None and self.forward_client_key:
+            raise ValueError("give `api_key_env` (the pool's own key) or `forward_client_key`, not both")
         return self
 
     def context_tokens(self, custom: Mapping[str, GpuProfile] | None = None) -> int:
@@ -142,7 +157,8 @@ class PoolConfig(BaseModel):
             )
             for index, ((url, weight), kv_events) in enumerate(zip(self.instance_urls(), self.kv_events_urls()))
         )
-        return Pool(name=self.name, model=self.model, endpoints=endpoints, tokenizer=self.tokenizer)
+        return Pool(name=self.name, model=self.model, endpoints=endpoints, tokenizer=self.tokenizer,
+                    api_key_env=self.api_key_env, forward_client_key=self.forward_client_key)
 
 
 class FleetConfig(BaseModel):
@@ -211,6 +227,8 @@ def _running_pool(pool: Pool) -> PoolConfig:
         instances=[InstanceConfig(url=e.url, name=e.name, weight=e.weight, gpu=e.gpu, kv_events=e.kv_events)
                    for e in pool.endpoints],
         tokenizer=pool.tokenizer,
+        api_key_env=pool.api_key_env,
+        forward_client_key=pool.forward_client_key,
     )
 
 

@@ -42,10 +42,23 @@ class Pool:
     model: str
     endpoints: tuple[Endpoint, ...]
     tokenizer: str | None = None  # tokenizer.json its engines use (precise mode keys); None: character blocks
+    api_key_env: str | None = None  # environment variable holding the key its instances expect (vllm --api-key)
+    forward_client_key: bool = False  # send the client's own Authorization upstream (when no api_key_env)
 
     @property
     def max_context_tokens(self) -> int:
         return max((e.max_context_tokens for e in self.endpoints), default=0)
+
+    def upstream_authorization(self, environ: Mapping[str, str]) -> str | None:
+        """`Bearer <key>` read from the variable the fleet file names (the file never holds the key);
+        None when the pool names none. ValueError when the variable is unset: fail at start, not per request."""
+        if self.api_key_env is None:
+            return None
+        value = environ.get(self.api_key_env, "")
+        if not value:
+            raise ValueError(f"pool {self.name!r}: api_key_env names {self.api_key_env}, which is not set (or "
+                             "empty) in the gateway's environment")
+        return f"Bearer {value}"
 
 
 @dataclass(frozen=True, slots=True)

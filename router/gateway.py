@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Mapping
@@ -33,10 +34,12 @@ from fleetgate.core.plan import (
     plan_summary,
 )
 from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
 from fleetgate.pools.model import Endpoint, FleetSnapshot
 from fleetgate.pools.profiles import GpuProfile
 from fleetgate.pools.registry import FleetRegistry
-from fleetgate.router.cache_replay import replay_body, replay_sse
+from fleetgate.router.admission import QUEUED_HEADER, Admission, Option, priority_class
+from fleetgate.router.cache_replay import hit_usage, replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
 from fleetgate.router.ingress import parse_cache_feedback, tenant_of
 from fleetgate.router.metrics import GatewayMetrics
@@ -50,11 +53,15 @@ from fleetgate.router.routing.base import (
     RouteRequest,
     resends,
 )
+from fleetgate.router.usage_stream import UsageRelay, ask_for_usage, usage_from_body
 
 log = logging.getLogger("fleetgate.gateway")
 
 _API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _DONE = b"data: [DONE]\n\n"
+_NO_TOKENS = Usage(0, 0, 0)
+
+UsageListener = Callable[[InferenceRequest, str, Usage], None]
 
 
 
@@ -112,6 +119,7 @@ class Gateway:
         cache: ResponseCache | None = None,
         max_attempts: int,
         resend_check_s: float,
+        admission: Admission | None = None,
         clock: Clock = monotonic_clock,
     ) -> None:
         self.registry = registry
@@ -119,6 +127,7 @@ class Gateway:
         self.upstream = upstream
         self.metrics = metrics
         self.cache = cache
+        self.admission = admission
         self._router_factory = router_factory
         self._routers: dict[tuple[str, str], Router] = {}
         self.clock = clock
@@ -128,6 +137,15 @@ class Gateway:
         self._pressure = PoolPressure()
         metrics.watch_kv(registry)
         self._scraped_profiles: dict[str, tuple[GpuProfile, int, GpuProfile]] = {}  # see _profile
+        self._upstream_auth = {name: auth for name, pool in registry.snapshot.pools.items()  # read once: fail at start
+                               if (auth := pool.upstream_authorization(os.environ)) is not None}
+        self._usage_listeners: list[UsageListener] = []
+
+    def add_usage_listener(self, listener: UsageListener) -> None:
+        """Call `listener(request, pool, usage)` once for every request that got an answer from a backend,
+        when it ends (see `_account`); not for cache hits, nor for requests that never got a first byte.
+        Listeners run on the event loop and must not block; one that raises is logged and skipped."""
+        self._usage_listeners.append(listener)
 
     async def handle(self, request: InferenceRequest, raw_body: bytes, headers: Mapping[str, str]) -> GatewayResponse:
         """Serve one request; raises a GatewayError the API layer turns into an OpenAI error."""
@@ -144,11 +162,10 @@ class Gateway:
                 miss = lookup
         try:
             route_request = await self._route_request(request, plan)
-            pool, router, decision = self._route(route_request, plan)
-            forward_headers = {"Content-Type": "application/json", "x-request-id": request.request_id}
-            if "authorization" in headers:
-                forward_headers["Authorization"] = headers["authorization"]
-            upstream, flight, route_reason = await self._open(request, raw_body, forward_headers, route_request,
+            pool, router, decision, waited_s = await self._admit(request, route_request, plan)
+            forward_headers = self._upstream_headers(request, headers, pool)
+            upstream_body, strip_usage = ask_for_usage(request, raw_body)
+            upstream, flight, route_reason = await self._open(request, upstream_body, forward_headers, route_request,
                                                               pool, router, decision)
         except BaseException:
             self._release(miss)
@@ -161,25 +178,41 @@ class Gateway:
             "x-fleetgate-rule": plan.rule,
             "x-fleetgate-cache": "miss" if miss is not None else "bypass",
         }
+        if waited_s > 0:
+            response_headers[QUEUED_HEADER] = f"{waited_s * 1e3:.1f}"
         if flight.estimated_ttft_s is not None:
             response_headers["x-fleetgate-estimated-ttft-ms"] = f"{flight.estimated_ttft_s * 1e3:.1f}"
         if headers.get("x-fleetgate-debug"):
             response_headers["x-fleetgate-plan"] = plan_summary(plan)
         flight.first_byte()
         if request.stream and upstream.status == 200:
-            return GatewayResponse(200, response_headers, stream=self._relay(request, upstream, flight, miss),
-                                   content_type=upstream.content_type)
+            return GatewayResponse(200, response_headers, content_type=upstream.content_type,
+                                   stream=self._relay(request, upstream, flight, miss, strip_usage))
         try:
             body = await upstream.read_all()
         except BaseException as error:
             flight.finish(ok=False, error_kind="broken" if isinstance(error, UpstreamError) else "client-gone")
+            self._account(request, flight.pool, Usage(request.prompt_tokens, 0, 0))
             self._release(miss)
             raise
         finally:
             upstream.close()
         flight.finish(ok=upstream.status < 400, status=upstream.status)
-        await self._store(miss, completion_from_body(request.api, body) if upstream.status == 200 else None)
+        usage = usage_from_body(body) if upstream.status < 400 else _NO_TOKENS  # vLLM refuses before any work
+        self._account(request, flight.pool, usage or Usage(request.prompt_tokens, 0, 0))
+        await self._store(miss, completion_from_body(request.api, body) if upstream.status == 200 else None, usage)
         return GatewayResponse(upstream.status, response_headers, body=body, content_type=upstream.content_type)
+
+    def _upstream_headers(self, request: InferenceRequest, headers: Mapping[str, str], pool: str) -> dict[str, str]:
+        """What the instance is sent: the pool's own key (fleet file `api_key_env`), or the client's
+        Authorization only where the pool opts in (`forward_client_key`); by default no credential."""
+        forward = {"Content-Type": "application/json", "x-request-id": request.request_id}
+        credential = self._upstream_auth.get(pool)
+        if credential is not None:
+            forward["Authorization"] = credential
+        elif "authorization" in headers and self.registry.snapshot.pools[pool].forward_client_key:
+            forward["Authorization"] = headers["authorization"]
+        return forward
 
     def router_for(self, pool: str, name: str, params: tuple[tuple[str, Any], ...] = ()) -> Router:
         """The replica-local router object of (pool, algorithm, parameters), built on first use."""
@@ -207,6 +240,27 @@ class Gateway:
             kv_hashes=kv_hashes,  # for the first pool with a live precise-mode instance: the plan's pools serve one model
         )
 
+    async def _admit(self, request: InferenceRequest, route_request: RouteRequest,
+                     plan: RoutePlan) -> tuple[str, Router, RouteDecision, float]:
+        """Route now, or wait in the pools' admission queue and be routed again when it is this
+        request's turn (the fleet changed meanwhile); with the seconds waited."""
+        if self.admission is None:
+            pool, router, decision = self._route(route_request, plan)
+            waited_s = 0.0
+        else:
+            def probe() -> Option[tuple[str, Router, RouteDecision]]:
+                routed = self._route(route_request, plan)
+                return Option(routed, routed[2].estimated_ttft_s)
+
+            admitted = await self.admission.admit(
+                plan.pools, tenant=request.tenant, priority=priority_class(request.priority, plan.priority),
+                tokens=route_request.prompt_tokens + route_request.expected_output_tokens, slo_s=plan.ttft_slo_s,
+                arrival_s=request.arrival_s, probe=probe)
+            (pool, router, decision), waited_s = admitted.route, admitted.waited_s
+        reason = f"{decision.reason}+spill" if plan.pools_ranked and pool != plan.pools[0] else decision.reason
+        self.metrics.route_decisions.labels(pool, plan.router, reason).inc()  # the decision acted on, not each probe
+        return pool, router, decision, waited_s
+
     def _route(self, route_request: RouteRequest, plan: RoutePlan) -> tuple[str, Router, RouteDecision]:
         """Pick the pool, then the instance order within it.
 
@@ -233,8 +287,6 @@ class Gateway:
             raise NoHealthyInstanceError(f"no healthy instance in pool(s) {', '.join(plan.pools)} for model "
                                          f"{plan.profile.model!r}; retry later")
         _, pool, router, decision = best
-        reason = f"{decision.reason}+spill" if plan.pools_ranked and pool != plan.pools[0] else decision.reason
-        self.metrics.route_decisions.labels(pool, plan.router, reason).inc()
         return pool, router, decision
 
     def _views(self, snapshot: FleetSnapshot, endpoints: tuple[Endpoint, ...]) -> list[InstanceView]:
@@ -335,10 +387,12 @@ class Gateway:
             raise
 
     async def _relay(self, request: InferenceRequest, upstream: UpstreamResponse, flight: "_Flight",
-                     miss: CacheMiss | None) -> AsyncIterator[bytes]:
-        """Pass SSE bytes through untouched; a failure after the first byte becomes an SSE error
-        event and a clean end. Closing this generator (client gone) closes the upstream request."""
+                     miss: CacheMiss | None, strip_usage: bool) -> AsyncIterator[bytes]:
+        """Pass SSE bytes through as they come, but for the usage the client did not ask for
+        (usage_stream.py); a failure after the first byte becomes an SSE error event and a clean
+        end. Closing this generator (client gone) closes the upstream request."""
         kept: list[bytes] | None = [] if miss is not None else None
+        relay = UsageRelay(strip=strip_usage)
         ok = False
         error_kind = "client-gone"
         try:
@@ -346,21 +400,40 @@ class Gateway:
                 flight.chunk(chunk)
                 if kept is not None:
                     kept.append(chunk)
-                yield chunk
+                if out := relay.feed(chunk):
+                    yield out
             ok = True
+            if rest := relay.flush():
+                yield rest
         except UpstreamError as error:
             error_kind = "broken"
             self.registry.report_failure(flight.endpoint, str(error))
-            yield b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE
+            yield relay.flush() + b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE
         finally:
             upstream.close()
             flight.finish(ok=ok, error_kind=None if ok else error_kind)
+            # without a usage event (cut, client gone, a backend that ignores include_usage): what is known
+            known = Usage(request.prompt_tokens, max(0, relay.events - (request.api == "chat")), 0)
+            self._account(request, flight.pool, relay.usage or known)
             if not ok:
                 self._release(miss)
         if ok and kept is not None:
-            await self._store(miss, completion_from_sse(request.api, b"".join(kept)))
+            await self._store(miss, completion_from_sse(request.api, b"".join(kept)), relay.usage)
 
-    async def _store(self, miss: CacheMiss | None, completion: tuple[str, str] | None) -> None:
+    def _account(self, request: InferenceRequest, pool: str, usage: Usage) -> None:
+        """Count the tokens a backend spent on `request` and tell the usage listeners, once per request.
+        `usage` is the backend's report; a request that ended without one (cut, client gone) gets what is
+        known: the prompt's stand-in count and, for a stream, one completion token per content event (vLLM
+        may send several in one); a backend's 4xx refusal costs nothing."""
+        self.metrics.count_usage(request, pool, usage)
+        for listener in self._usage_listeners:
+            try:
+                listener(request, pool, usage)
+            except Exception:
+                log.exception("usage listener %r failed", listener)
+
+    async def _store(self, miss: CacheMiss | None, completion: tuple[str, str] | None,
+                     usage: Usage | None = None) -> None:
         """Remember a clean, complete answer; a cut or errored one is never stored (and identical
         requests waiting on it are released)."""
         if miss is None or self.cache is None:
@@ -369,7 +442,7 @@ class Gateway:
             self.cache.release(miss)
             return
         text, finish_reason = completion
-        await self.cache.store(miss, text, finish_reason)
+        await self.cache.store(miss, text, finish_reason, usage)
 
     def _release(self, miss: CacheMiss | None) -> None:
         if miss is not None and self.cache is not None:
@@ -383,14 +456,15 @@ class Gateway:
         if changed is not None:
             self.cache.set_pool_pressure(pool, changed)
 
-    async def cache_feedback(self, raw_body: bytes, headers: Mapping[str, str]) -> None:
+    async def cache_feedback(self, raw_body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> None:
         """`POST /v1/cache/feedback`: the caller says the cache hit it got as `request_id` answered another
         question; the cache drops that entry. Only hits served to the caller's own key (its tenant, derived as
-        for inference) can be reported; anything else is one indistinguishable CacheHitNotFoundError."""
+        for inference: `tenant` from the verified key, else from the header) can be reported; anything else is one
+        indistinguishable CacheHitNotFoundError."""
         request_id = parse_cache_feedback(raw_body)
         if self.cache is None:
             raise CacheHitNotFoundError("this gateway runs without a semantic cache: no answer came from a cache")
-        if not await self.cache.feedback(request_id, tenant_of(headers)):
+        if not await self.cache.feedback(request_id, tenant or tenant_of(headers)):
             raise CacheHitNotFoundError("no cache hit served to this API key has that request_id (or it is too old)",
                                         param="request_id")
 
@@ -402,6 +476,9 @@ class Gateway:
         if hit.verifier_score is not None:
             headers["x-fleetgate-cache-verifier"] = f"{hit.verifier_score:.4f}"
         self.metrics.requests.labels(request.api, "cache", "semantic-cache", "cache-hit").inc()
+        usage = hit_usage(request, hit)
+        hit = replace(hit, usage=usage)  # the replay reports what is counted, computed once
+        self.metrics.count_saved(request, usage)
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
@@ -446,6 +523,8 @@ class _Flight:
                 abs(now_s - self._arrival_s - self.estimated_ttft_s))
         self._gateway.observe_ttft(self.pool, now_s - self._arrival_s, self._route_request.ttft_slo_s)
         self._router.on_first_token(self._route_request, self.endpoint, now_s)
+        if self._gateway.admission is not None:
+            self._gateway.admission.capacity_freed(self.pool)
 
     def chunk(self, data: bytes) -> None:
         self._events += data.count(b"data:")
@@ -471,3 +550,5 @@ class _Flight:
             outcome = error_kind or f"{status // 100}xx"
             metrics.requests.labels(self._api, self.pool, name, outcome).inc()
         self._router.on_finish(self._route_request, self.endpoint, now_s, ok)
+        if gateway.admission is not None:
+            gateway.admission.capacity_freed(self.pool)

@@ -13,6 +13,7 @@ import xxhash
 
 from fleetgate.core.errors import InvalidRequestError
 from fleetgate.core.request import ApiKind, InferenceRequest
+from fleetgate.router.keys import KeyEntry
 
 
 def _require(condition: bool, message: str, param: str) -> None:
@@ -75,8 +76,10 @@ def parse_inference_request(
     request_id: str,
     arrival_s: float,
     headers: Mapping[str, str],
+    key: KeyEntry | None = None,
 ) -> InferenceRequest:
-    """Parse and validate one chat or completions body (headers with lower-case names)."""
+    """Parse and validate one chat or completions body (headers with lower-case names). `key`: the
+    caller's verified key (keys file), which gives the tenant and priority class."""
     body = _json_object(raw)
     model = body.get("model")
     _require(isinstance(model, str) and model != "", "'model' is required and must be a string", "model")
@@ -112,7 +115,9 @@ def parse_inference_request(
         n=n,
         user=user,
         session_id=headers.get("x-session-id") or user,
-        tenant=tenant_of(headers),
+        tenant=key.tenant if key is not None else tenant_of(headers),
+        priority=key.priority if key is not None else None,
+        key_id=key.id if key is not None else None,
         cache_bypass=_refuses_cached(headers),
         arrival_s=arrival_s,
     )

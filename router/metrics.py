@@ -1,7 +1,8 @@
 """Every Prometheus metric of the gateway, defined in one place on an injected registry.
 
-Labels stay low-cardinality: pool, instance, api, route reason, outcome, category; never request
-ids or prompts. Histogram buckets span cached-prefix TTFTs (a few ms) to long queues (minutes).
+Labels stay low-cardinality: pool, instance, api, route reason, outcome, category, model, and
+tenants only from a keys file (see `tenant_label`); never request ids, keys or prompts. Histogram
+buckets span cached-prefix TTFTs (a few ms) to long queues (minutes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fleetgate.core.request import InferenceRequest
+from fleetgate.core.usage import Usage
+
+ANONYMOUS_TENANT = "anonymous"  # the tenant label of every request without a key from a keys file
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TPOT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
@@ -49,12 +54,60 @@ class GatewayMetrics:
         self.rejected = Counter(
             "fleetgate_rejected_requests_total", "Requests refused by the gateway itself, by error code.",
             ["code"], registry=registry)
+        self.ratelimited = Counter(
+            "fleetgate_ratelimited_requests_total", "Requests refused with 429 by a rate limit, by whose limit "
+            "(key, tenant) and which (rpm, tpm).", ["scope", "limit"], registry=registry)
+        self.ratelimit_errors = Counter(
+            "fleetgate_ratelimit_errors_total", "Rate-limit storage (Redis) calls that failed; the request was let "
+            "through (limits fail open).", registry=registry)
+        self.admission_queue_depth = Gauge(
+            "fleetgate_admission_queue_depth", "Requests waiting for admission, by pool set and priority class.",
+            ["pools", "priority"], registry=registry)
+        self.admission_wait = Histogram(
+            "fleetgate_admission_wait_seconds", "Time requests waited for admission, by how the wait ended "
+            "(dispatched, shed, gone: the client left).", ["pools", "priority", "outcome"],
+            buckets=_LATENCY_BUCKETS_S, registry=registry)
+        self.admission_shed_total = Counter(
+            "fleetgate_admission_shed_total", "Requests admission refused or shed, by reason (queue-full, slo, "
+            "max-wait) and HTTP status (429, 503).", ["pools", "priority", "reason", "status"], registry=registry)
         self.cache_lookups = Counter(
             "fleetgate_cache_lookups_total", "Semantic cache lookups by category and outcome (hit, miss, bypass).",
             ["category", "outcome"], registry=registry)
         self.policy_rules = Counter(
             "fleetgate_policy_rule_matches_total", "Requests by the policy rule that planned them.",
             ["rule"], registry=registry)
+        usage_labels = ["tenant", "model", "pool"]
+        self.prompt_tokens = Counter(
+            "fleetgate_prompt_tokens", "Prompt tokens backends reported (estimated when a request ended "
+            "without a usage report).", usage_labels, registry=registry)
+        self.cached_tokens = Counter(
+            "fleetgate_cached_tokens", "Prompt tokens backends served from their prefix cache.",
+            usage_labels, registry=registry)
+        self.completion_tokens = Counter(
+            "fleetgate_completion_tokens", "Completion tokens backends reported (counted from the stream's "
+            "events when a request ended without a usage report).", usage_labels, registry=registry)
+        self.cache_tokens_saved = Counter(
+            "fleetgate_cache_tokens_saved", "Prompt plus completion tokens of answers served from the semantic "
+            "cache: what the backends would have processed.", ["tenant", "model"], registry=registry)
+
+    def count_usage(self, request: InferenceRequest, pool: str, usage: Usage) -> None:
+        labels = (tenant_label(request), request.model, pool)
+        self.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+        self.cached_tokens.labels(*labels).inc(usage.cached_tokens)
+        self.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+
+    def count_saved(self, request: InferenceRequest, usage: Usage) -> None:
+        self.cache_tokens_saved.labels(tenant_label(request), request.model).inc(
+            usage.prompt_tokens + usage.completion_tokens)
+
+    def admission_depth(self, pools: str, priority: int, delta: int) -> None:
+        self.admission_queue_depth.labels(pools, str(priority)).inc(delta)
+
+    def admission_waited(self, pools: str, priority: int, outcome: str, waited_s: float) -> None:
+        self.admission_wait.labels(pools, str(priority), outcome).observe(waited_s)
+
+    def admission_shed(self, pools: str, priority: int, reason: str, status: int) -> None:
+        self.admission_shed_total.labels(pools, str(priority), reason, str(status)).inc()
 
     def watch_cache(self, cache: "CacheCounters") -> None:
         """Export the semantic cache's own counters at scrape time (it keeps plain counters)."""
@@ -63,6 +116,12 @@ class GatewayMetrics:
     def watch_kv(self, source: "KvSource") -> None:
         """Export the KV-event subscriptions' state (precise mode) at scrape time."""
         self.registry.register(_KvCollector(source))
+
+
+def tenant_label(request: InferenceRequest) -> str:
+    """The tenant as a metric label: a keys file bounds tenants; without one a tenant is a hash of
+    whatever key the client sent (unbounded), so those all count as "anonymous"."""
+    return request.tenant if request.key_id is not None else ANONYMOUS_TENANT
 
 
 class KvSource(Protocol):
