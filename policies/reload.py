@@ -10,13 +10,13 @@ Compiling embeds exemplars, so both run in a worker thread when called from the 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from fleetgate.cache.embed import AsyncBatchingEmbedder, Embedder
 from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.filewatch import ChangedFile
 from fleetgate.policies.conflicts import Finding, errors
 from fleetgate.policies.load import check_file, config_error
 from fleetgate.policies.planner import CompiledPolicy, PolicyPlanner
@@ -53,29 +53,18 @@ def build_planner(source: PolicySource, embedder: AsyncBatchingEmbedder | None =
     return PolicyPlanner(compiled, embedder)
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
 class PolicyWatcher:
     def __init__(self, planner: PolicyPlanner, source: PolicySource, *, clock: Clock = monotonic_clock, interval_s: float) -> None:
         self.planner = planner
         self.source = source
-        self.interval_s = interval_s
-        self._clock = clock
-        self._next_check_s = clock() + interval_s
-        self._seen = _signature(source.path)
+        self._file = ChangedFile(source.path, interval_s=interval_s, clock=clock)
         self.reloads = 0  # successful swaps
         self.rejected = 0  # invalid files kept out
         self.last_problems: list[Finding] = []
 
     def reload_now(self) -> list[Finding]:
         """Load the file now; swap it in when valid. Returns its errors (empty: swapped in)."""
-        self._seen = _signature(self.source.path)
+        self._file.read()
         try:
             compiled, findings = self.source.compile()
         except Exception as exc:  # e.g. the embedding model failed: the old policy keeps serving
@@ -96,11 +85,4 @@ class PolicyWatcher:
 
     def poll(self) -> list[Finding] | None:
         """Reload if the interval has passed and the file changed; None when nothing was done."""
-        now_s = self._clock()
-        if now_s < self._next_check_s:
-            return None
-        self._next_check_s = now_s + self.interval_s
-        signature = _signature(self.source.path)
-        if signature is None or signature == self._seen:
-            return None
-        return self.reload_now()
+        return self.reload_now() if self._file.changed() else None

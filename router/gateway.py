@@ -64,8 +64,6 @@ _NO_TOKENS = Usage(0, 0, 0)
 UsageListener = Callable[[InferenceRequest, str, Usage], None]
 
 
-
-
 @dataclass(slots=True)
 class GatewayResponse:
     """What to send back: a full body, or a stream of SSE bytes (exactly one of them)."""
@@ -482,7 +480,6 @@ class Gateway:
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
-
 
 
 class _Flight:

@@ -8,12 +8,12 @@ Every refusal is the same 401 whatever the reason, and no message quotes the key
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping
 
 from fleetgate.core.clock import Clock, monotonic_clock
+from fleetgate.core.filewatch import ChangedFile
 from fleetgate.core.errors import AuthenticationError, PermissionDeniedError
 from fleetgate.core.yamlconf import ConfigError
 from fleetgate.router.keys import KeyEntry, KeysFile, Limits, key_id, load_keys, utc_now
@@ -63,30 +63,19 @@ class KeyRing:
         return self._file.tenants.get(tenant)
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
 class KeysWatcher:
     """Reloads the keys file into a KeyRing when its mtime or size changes (checked every `interval_s`)."""
 
     def __init__(self, ring: KeyRing, path: str | Path, *, interval_s: float, clock: Clock = monotonic_clock) -> None:
         self.ring = ring
         self.path = Path(path)
-        self.interval_s = interval_s
-        self._clock = clock
-        self._next_check_s = clock() + interval_s
-        self._seen = _signature(self.path)
+        self._file = ChangedFile(self.path, interval_s=interval_s, clock=clock)
         self.reloads = 0
         self.rejected = 0
 
     def reload_now(self) -> list[str]:
         """Swap the file in when valid; its problems otherwise (the keys in effect stay)."""
-        self._seen = _signature(self.path)
+        self._file.read()
         try:
             keys = load_keys(self.path)
         except ConfigError as error:
@@ -102,11 +91,4 @@ class KeysWatcher:
 
     def poll(self) -> list[str] | None:
         """Reload if the interval has passed and the file changed; None when nothing was done."""
-        now_s = self._clock()
-        if now_s < self._next_check_s:
-            return None
-        self._next_check_s = now_s + self.interval_s
-        signature = _signature(self.path)
-        if signature is None or signature == self._seen:
-            return None
-        return self.reload_now()
+        return self.reload_now() if self._file.changed() else None
