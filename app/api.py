@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from fleetgate.app.admin_access import AdminAccess
 from fleetgate.core.errors import (
@@ -79,9 +80,24 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body generator however the response ends. Starlette does
+    not: a stream cut while it awaits `send` (the client left) leaves the generator suspended until
+    the garbage collector finalises it, and the gateway's relay holds the upstream request open
+    until then, so vLLM went on generating for a client that was gone."""
+
+    body_iterator: AsyncGenerator[bytes, None]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def _to_http(response: GatewayResponse) -> Response:
     if response.stream is not None:
-        return StreamingResponse(response.stream, status_code=response.status, headers=response.headers,
+        return _ClosingStreamingResponse(response.stream, status_code=response.status, headers=response.headers,
                                  media_type=response.content_type)
     return Response(response.body, status_code=response.status, headers=response.headers,
                     media_type=response.content_type)

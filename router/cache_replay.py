@@ -10,7 +10,7 @@ stand-in tokenizer, the whole prompt reported as cached.
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 import orjson
 
@@ -72,7 +72,7 @@ def replay_chunks(request: InferenceRequest, hit: CacheHit) -> list[dict[str, An
     return events
 
 
-async def replay_sse(request: InferenceRequest, hit: CacheHit) -> AsyncIterator[bytes]:
+async def replay_sse(request: InferenceRequest, hit: CacheHit) -> AsyncGenerator[bytes, None]:
     """The hit as SSE bytes, ending with `data: [DONE]`."""
     for payload in replay_chunks(request, hit):
         yield b"data: " + orjson.dumps(payload) + b"\n\n"

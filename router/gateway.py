@@ -14,7 +14,7 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncGenerator, Callable, Mapping
 
 import orjson
 
@@ -71,7 +71,7 @@ class GatewayResponse:
     status: int
     headers: dict[str, str]
     body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None  # closed by the HTTP layer when the client leaves
     content_type: str = "application/json"
 
 
@@ -385,7 +385,7 @@ class Gateway:
             raise
 
     async def _relay(self, request: InferenceRequest, upstream: UpstreamResponse, flight: "_Flight",
-                     miss: CacheMiss | None, strip_usage: bool) -> AsyncIterator[bytes]:
+                     miss: CacheMiss | None, strip_usage: bool) -> AsyncGenerator[bytes, None]:
         """Pass SSE bytes through as they come, but for the usage the client did not ask for
         (usage_stream.py); a failure after the first byte becomes an SSE error event and a clean
         end. Closing this generator (client gone) closes the upstream request."""
