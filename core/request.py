@@ -12,12 +12,16 @@ from typing import Any, Literal, Mapping
 from fleetgate.core.prefix import prefix_hashes, render_chat_marked
 from fleetgate.core.tokens import count_tokens
 
-ApiKind = Literal["chat", "completions"]
+ApiKind = Literal["chat", "completions", "messages", "responses", "embeddings", "tokenize", "detokenize"]
+"""messages: Anthropic's, held as chat (core/anthropic.py); responses: held as chat (core/responses.py);
+embeddings, tokenize, detokenize: held as a prompt (tokenize's counts no tokens: it generates none)."""
+PASS_THROUGH_APIS = frozenset({"responses", "embeddings", "tokenize", "detokenize"})
+"""Forwarded as they are: neither classified by the policy nor cached (router/passthrough.py plans them)."""
 
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """An OpenAI chat or completions request, validated at ingress.
+    """An OpenAI chat or completions request, or an Anthropic messages one, validated at ingress.
 
     `body` is the client's JSON as received; the proxy forwards it unchanged, so fields the
     gateway does not model (logprobs, response_format, ...) reach vLLM untouched. The fields after
@@ -29,7 +33,7 @@ class InferenceRequest:
     model: str
     body: Mapping[str, Any]
     stream: bool
-    messages: tuple[Mapping[str, Any], ...] | None = None  # chat
+    messages: tuple[Mapping[str, Any], ...] | None = None  # chat; messages: translated to chat (core/anthropic.py)
     prompt: str | None = None  # completions (a list prompt is joined)
     max_tokens: int | None = None
     tools: tuple[Mapping[str, Any], ...] | None = None

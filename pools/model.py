@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Literal, Mapping
 
 from fleetgate.core.defaults import DEFAULT_GPU
 from fleetgate.pools.profiles import GpuProfile, get_profile
@@ -44,6 +44,9 @@ class Pool:
     tokenizer: str | None = None  # tokenizer.json its engines use (precise mode keys); None: character blocks
     api_key_env: str | None = None  # environment variable holding the key its instances expect (vllm --api-key)
     forward_client_key: bool = False  # send the client's own Authorization upstream (when no api_key_env)
+    serves: Literal["generate", "embed"] = "generate"  # "generate" (chat, completions, messages, responses) or "embed" (embeddings)
+    lora_adapters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # name -> path to load it from
+    runtime_lora_loading: bool = False  # the gateway may load its adapters on its instances
 
     @property
     def max_context_tokens(self) -> int:
@@ -73,6 +76,7 @@ class EndpointState:
     prefix_hits_tokens: float = 0.0  # vllm:prefix_cache_hits_total
     kv_cache_tokens: int | None = None  # vllm:cache_config_info num_gpu_blocks x block_size; None: not exported
     scraped_at_s: float = 0.0
+    adapters: frozenset[str] = frozenset()  # LoRA adapters it holds: /v1/models (with a parent), vllm:lora_requests_info
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from fleetgate.core.request import ApiKind
+from fleetgate.router.anthropic import completion_of_message, completion_of_stream
 
 
 def _choice_text(api: ApiKind, choice: dict[str, Any], streamed: bool) -> str:
@@ -24,7 +25,10 @@ def _choice_text(api: ApiKind, choice: dict[str, Any], streamed: bool) -> str:
 
 
 def completion_from_body(api: ApiKind, body: bytes) -> tuple[str, str] | None:
-    """(text, finish_reason) of a non-streaming answer, or None when it is not a clean one."""
+    """(text, finish_reason) of a non-streaming answer, or None when it is not a clean one (messages:
+    the stop_reason)."""
+    if api == "messages":
+        return completion_of_message(body)
     try:
         data = orjson.loads(body)
         choices = data["choices"]
@@ -37,6 +41,8 @@ def completion_from_body(api: ApiKind, body: bytes) -> tuple[str, str] | None:
 
 def completion_from_sse(api: ApiKind, stream: bytes) -> tuple[str, str] | None:
     """(text, finish_reason) of a whole SSE stream, or None when it was cut or carried an error."""
+    if api == "messages":
+        return completion_of_stream(stream)
     parts: list[str] = []
     finish_reason: str | None = None
     done = False

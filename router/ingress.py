@@ -11,7 +11,9 @@ from typing import Any, Mapping
 import orjson
 import xxhash
 
+from fleetgate.core.anthropic import openai_messages, openai_tools
 from fleetgate.core.errors import InvalidRequestError
+from fleetgate.core.responses import chat_messages
 from fleetgate.core.request import ApiKind, InferenceRequest
 from fleetgate.router.keys import KeyEntry
 
@@ -39,6 +41,16 @@ def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         return orjson.dumps(prompt).decode()
     raise InvalidRequestError("'prompt' must be a string or a non-empty list of strings", param="prompt")
+
+
+def _embedding_text(value: Any) -> str:
+    """Embedding input (a string, strings, token ids, or lists of token ids) as the text to count."""
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return "\n".join(_prompt_text(v) for v in value)
+    try:
+        return _prompt_text(value)
+    except InvalidRequestError:
+        raise InvalidRequestError("'input' must be a string, a list of strings or token ids", param="input") from None
 
 
 def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
@@ -78,14 +90,15 @@ def parse_inference_request(
     headers: Mapping[str, str],
     key: KeyEntry | None = None,
 ) -> InferenceRequest:
-    """Parse and validate one chat or completions body (headers with lower-case names). `key`: the
-    caller's verified key (keys file), which gives the tenant and priority class."""
+    """Parse and validate one chat, completions or (Anthropic) messages body (headers with lower-case
+    names). `key`: the caller's verified key (keys file), which gives the tenant and priority class."""
     body = _json_object(raw)
     model = body.get("model")
     _require(isinstance(model, str) and model != "", "'model' is required and must be a string", "model")
     stream = body.get("stream", False)
     _require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
-    max_tokens = _optional_int(body, "max_completion_tokens", 1) or _optional_int(body, "max_tokens", 1)
+    max_tokens = (_optional_int(body, "max_completion_tokens", 1) or _optional_int(body, "max_tokens", 1)
+                  or _optional_int(body, "max_output_tokens", 1))
     n = _optional_int(body, "n", 1) or 1
     temperature = body.get("temperature")
     _require(temperature is None or (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)),
@@ -98,6 +111,28 @@ def parse_inference_request(
     prompt: str | None = None
     if api == "chat":
         messages = _messages(body.get("messages"))
+    elif api == "messages":
+        _require(max_tokens is not None, "'max_tokens' is required", "max_tokens")
+        _messages(body.get("messages"))
+        _require(body.get("system") is None or isinstance(body["system"], (str, list)),
+                 "'system' must be a string or a list of text blocks", "system")
+        _require(all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools or ()),
+                 "each tool must be an object with a string 'name'", "tools")
+        messages = tuple(openai_messages(body))
+        tools = openai_tools(tools)
+    elif api == "responses":
+        _require(isinstance(body.get("input"), (str, list)), "'input' is required: a string or a list of items", "input")
+        _require(body.get("previous_response_id") is None or isinstance(body["previous_response_id"], str),
+                 "'previous_response_id' must be a string", "previous_response_id")
+        messages, tools = tuple(chat_messages(body)), None  # its tools are Responses tools: forwarded, not rendered
+    elif api == "embeddings":
+        _require(not stream, "embeddings are not streamed", "stream")
+        _require("input" in body, "'input' is required", "input")
+        prompt = _embedding_text(body["input"])
+    elif api in ("tokenize", "detokenize"):
+        needed = "tokens" if api == "detokenize" else ("messages" if "messages" in body else "prompt")
+        _require(needed in body, f"'{needed}' is required", needed)
+        prompt = ""  # nothing is generated: no tokens to count
     else:
         _require("prompt" in body, "'prompt' is required", "prompt")
         prompt = _prompt_text(body["prompt"])

@@ -18,12 +18,13 @@ started with --enable-force-include-usage sends usage on every event, which is l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import orjson
 
-from fleetgate.core.request import InferenceRequest
+from fleetgate.core.request import ApiKind, InferenceRequest
 from fleetgate.core.usage import Usage
+from fleetgate.router.anthropic import usage_of_event, usage_of_message
 
 _USAGE = b'"usage"'
 _FINISHED = b'"finish_reason":"'
@@ -39,8 +40,9 @@ def ask_for_usage(request: InferenceRequest, raw_body: bytes) -> tuple[bytes, bo
     without stream). Without `stream_options` the key is spliced in before the closing brace, the
     client's bytes otherwise kept (4 us for a 32k-token body); with `include_usage` false or an
     options object without it, the body is re-encoded with the options merged. A value other than
-    true/false/absent is left for the backend to judge, unchanged."""
-    if not request.stream:
+    true/false/absent is left for the backend to judge, unchanged. Anthropic messages streams always
+    carry their usage (message_delta), and so do responses streams (response.completed)."""
+    if not request.stream or request.api not in ("chat", "completions"):
         return raw_body, False
     body = request.body
     if "stream_options" not in body:
@@ -55,11 +57,18 @@ def ask_for_usage(request: InferenceRequest, raw_body: bytes) -> tuple[bytes, bo
     return raw_body, False
 
 
-def usage_from_body(body: bytes) -> Usage | None:
+def usage_from_body(body: bytes, api: ApiKind = "chat") -> Usage | None:
     """The usage of a whole (non-streamed) answer; None when it has none or does not parse."""
+    if api == "messages":
+        return usage_of_message(body)
     try:
-        return Usage.from_openai(orjson.loads(body).get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
+        data = orjson.loads(body)
+        if api == "responses":
+            return Usage.from_responses(data.get("usage"))
+        if api == "embeddings":  # prompt tokens only: an embedding generates none
+            return Usage.from_openai({"completion_tokens": 0, **(data.get("usage") or {})})
+        return Usage.from_openai(data.get("usage"))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
         return None
 
 
@@ -70,10 +79,13 @@ class UsageRelay:
     event held for its fingerprint); `flush` returns what is left when the stream ends or breaks.
     A chunk that ends on an event boundary and holds neither key goes through as it came."""
 
-    __slots__ = ("_strip", "_tail", "_held", "usage", "events")
+    __slots__ = ("_strip", "_read_usage", "_tail", "_held", "usage", "events")
 
-    def __init__(self, *, strip: bool) -> None:
+    def __init__(self, *, strip: bool, api: ApiKind = "chat") -> None:
         self._strip = strip
+        self._read_usage: Callable[[Mapping[str, Any]], Usage | None] = (
+            usage_of_event if api == "messages" else _completed_usage if api == "responses"
+            else lambda payload: Usage.from_openai(payload.get("usage")))
         self._tail = b""  # an unfinished event
         self._held: list[bytes] = []  # events from the first finish event on, waiting for the usage event
         self.usage: Usage | None = None
@@ -101,7 +113,7 @@ class UsageRelay:
     def _event(self, event: bytes) -> bytes:
         if _USAGE in event:
             payload = _payload(event)
-            usage = Usage.from_openai(payload.get("usage")) if payload is not None else None
+            usage = self._read_usage(payload) if payload is not None else None
             if usage is not None:
                 self.usage = usage
                 if self._strip and payload is not None and payload.get("choices") == []:
@@ -118,6 +130,12 @@ class UsageRelay:
             return b"".join(held)
         stamp = b',"system_fingerprint":' + orjson.dumps(fingerprint) + b"}"
         return b"".join(_stamped(event, stamp) if _FINISHED in event else event for event in held)
+
+
+def _completed_usage(payload: Mapping[str, Any]) -> Usage | None:
+    """A responses stream reports its usage on the last event, `response.completed`."""
+    response = payload.get("response")
+    return Usage.from_responses(response.get("usage")) if isinstance(response, Mapping) else None
 
 
 def _payload(event: bytes) -> dict[str, Any] | None:

@@ -30,6 +30,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     emulate.add_argument("--kv-events-port", type=int,
                          help="also publish vLLM-format KV-cache events (ZMQ) on tcp://HOST:PORT, for the gateway's "
                          "precise mode (a fleet file's `kv_events`); default: none")
+    emulate.add_argument("--serves", choices=("generate", "embed"), default="generate",
+                         help="generate (chat, completions, messages, responses) or embed (/v1/embeddings, as vLLM's "
+                         "pooling runner); default %(default)s")
+    emulate.add_argument("--max-loras", type=int, default=0,
+                         help="LoRA adapter slots (vllm --max-loras; loaded at run time with /v1/load_lora_adapter, the "
+                         "least recently used unloaded when full); default 0: no LoRA")
     emulate.set_defaults(func=_emulate)
 
     fleet = commands.add_parser("fleet", help="start or stop an emulated fleet described by a fleet YAML file")
@@ -96,7 +102,7 @@ def _emulate(args: argparse.Namespace) -> int:
     from fleetgate.pools.emulator.serve_fleet import serve
 
     spec = EmulatedPoolSpec("emulate", args.model, args.gpu, 1, args.port or None, args.max_model_len,
-                            args.kv_events_port)
+                            args.kv_events_port, serves=args.serves, max_loras=args.max_loras)
     asyncio.run(serve([spec], args.time_scale, None))
     return 0
 

@@ -32,6 +32,8 @@ class EmulatedPoolSpec:
     max_model_len: int | None = None
     kv_events_base_port: int | None = None  # instance i publishes KV events on tcp://host:<this + i>
     gpu_profile: GpuProfile | None = None  # a fleet file's custom profile called `gpu`; None: the built-in one
+    serves: str = "generate"  # "embed": an embedding model (EmulatorServer `serves`)
+    max_loras: int = 0  # LoRA adapter slots per instance; 0: no LoRA (EmulatorServer `max_loras`)
 
     @classmethod
     def parse(cls, text: str) -> "EmulatedPoolSpec":
@@ -69,7 +71,7 @@ def specs_from_fleet(config: FleetConfig) -> list[EmulatedPoolSpec]:
     custom = config.profiles()
     return [
         EmulatedPoolSpec(p.name, p.model, p.gpu, p.count, p.base_port, p.max_context_tokens, p.kv_events_base_port,
-                         custom.get(p.gpu))
+                         custom.get(p.gpu), p.serves)
         for p in config.pools
         if p.count is not None and p.backend == "emulator"
     ]
@@ -120,7 +122,7 @@ class EmulatedFleet:
         for i in range(spec.count):
             kv_port = spec.kv_events_base_port + i if spec.kv_events_base_port else None
             server = EmulatorServer(spec.gpu_profile or spec.gpu, spec.model, max_model_len=spec.max_model_len, kv_events_port=kv_port,
-                                    **options)
+                                    serves=spec.serves, max_loras=spec.max_loras, **options)
             url = await server.start(host, spec.base_port + i if spec.base_port else 0)
             self._servers[url] = server
             urls.append(url)

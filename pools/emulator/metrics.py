@@ -8,6 +8,7 @@ server has its own registry, so many servers live in one process.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from fleetgate.core.tokens import KV_BLOCK_TOKENS
 from fleetgate.pools.emulator.engine import EngineStats
+from fleetgate.pools.emulator.lora import LoraSlots
 
 # vLLM v1's bucket boundaries (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -56,13 +58,33 @@ class _EngineCollector(Collector):
         return iter(())  # values depend on the engine; nothing to check at registration
 
 
+class _LoraCollector(Collector):
+    """vLLM's `vllm:lora_requests_info` gauge: its labels name the adapters requests use now (running;
+    the emulator queues none apart from the engine's own queue, so waiting is empty) and the slot count;
+    its value is when it was taken, as vLLM sets it."""
+
+    def __init__(self, lora: LoraSlots) -> None:
+        self._lora = lora
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                  labels=("max_lora", "running_lora_adapters", "waiting_lora_adapters"))
+        gauge.add_metric([str(self._lora.max_loras), ",".join(self._lora.running()), ""], time.time())
+        yield gauge
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class EmulatorMetrics:
     """The registry of one emulated instance."""
 
     def __init__(self, stats: Callable[[], EngineStats], model_name: str, *, num_gpu_blocks: int,
-                 enable_prefix_caching: bool) -> None:
+                 enable_prefix_caching: bool, lora: LoraSlots | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(stats, model_name))
+        if lora is not None:
+            self.registry.register(_LoraCollector(lora))
         Gauge(  # as vLLM v1 exports it: CacheConfig fields as labels, plus engine, no model_name
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
             ("block_size", "enable_prefix_caching", "engine", "num_gpu_blocks"), registry=self.registry,

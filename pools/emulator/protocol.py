@@ -8,7 +8,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-ApiKind = Literal["chat", "completion"]
+ApiKind = Literal["chat", "completion", "messages"]  # messages: Anthropic's (anthropic.py), generated as chat
 
 
 class StreamOptions(BaseModel):
@@ -51,10 +51,12 @@ class CompletionRequest(_GenerationRequest):
 class BadRequest(Exception):
     """A request vLLM would refuse; `status` 400 or 404."""
 
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, kind: str | None = None) -> None:
+        """`kind`: vLLM's error type where its handler names one (else the status's usual one)."""
         super().__init__(message)
         self.status = status
         self.param = param
+        self.kind = kind
 
 
 def parse_request(body: bytes, kind: ApiKind) -> ChatCompletionRequest | CompletionRequest:
@@ -74,12 +76,21 @@ def parse_request(body: bytes, kind: ApiKind) -> ChatCompletionRequest | Complet
         raise BadRequest(problems, param=".".join(str(p) for p in errors[0]["loc"]) or "body") from None
 
 
-def error_body(message: str, status: int, param: str | None = None) -> bytes:
+def error_body(message: str, status: int, param: str | None = None, kind: str | None = None) -> bytes:
     """vLLM's error object (`ErrorResponse`, nested under "error" since vLLM 0.1x, as OpenAI's)."""
-    error_type = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
+    return orjson.dumps({"error": {"message": message, "type": kind or error_type(status), "param": param,
+                                   "code": status}})
+
+
+SCHEMA_ERROR = "Bad Request"
+"""vLLM's error type for a body its request schema refuses (FastAPI validation), in OpenAI's shape on every route."""
+
+
+def error_type(status: int) -> str:
+    """vLLM's name for the error type of an HTTP status."""
+    return {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
         status, "InternalServerError" if status >= 500 else "BadRequestError"
     )
-    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": status}})
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

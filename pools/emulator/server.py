@@ -6,7 +6,10 @@ tokens the step produced. Emulated time follows the wall clock divided by time_s
 time the server reports (metrics histograms) is in emulated seconds, and a driver that falls
 behind (an overloaded CPU) shows up as latency instead of being hidden.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions (SSE or not), their prompt renderers
+Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/messages (Anthropic's, as
+vLLM serves it: anthropic.py), POST /v1/responses and GET /v1/responses/{id} (responses.py) (SSE or
+not); POST /v1/embeddings (with serves="embed", vLLM's pooling runner, which then serves no
+generation), POST /tokenize and /detokenize (pooling.py); the prompt renderers
 POST /v1/chat/completions/render and /v1/completions/render (the token ids vllm-router's
 cache_aware policy asks for), GET /v1/models, GET /health, GET /metrics. With `kv_events_port`
 it also publishes vLLM's KV-cache events on tcp://host:port (kv_publisher.py). Test-only:
@@ -22,9 +25,10 @@ import logging
 import struct
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import pydantic
 from aiohttp import web
 
 from fleetgate.core.clock import Clock, monotonic_clock
@@ -36,9 +40,23 @@ from fleetgate.pools.emulator.engine import (
     RequestStats,
     StepOutput,
 )
+from fleetgate.core.usage import Usage
+from fleetgate.pools.emulator.anthropic import error_body as messages_error_body
+from fleetgate.pools.emulator.anthropic import MessageWire, parse_messages
+from fleetgate.pools.emulator.lora import LoraError, LoraSlots
+from fleetgate.pools.emulator.pooling import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    detokenized,
+    embedding_inputs,
+    embeddings_body,
+)
+from fleetgate.pools.emulator.responses import ResponsesJob, ResponseStore, ResponseWire
 from fleetgate.pools.emulator.kv_publisher import KvEventPublisher
 from fleetgate.pools.emulator.metrics import EmulatorMetrics
 from fleetgate.pools.emulator.protocol import (
+    SCHEMA_ERROR,
     DONE_EVENT,
     ApiKind,
     BadRequest,
@@ -81,9 +99,15 @@ class _Job:
     stream: bool
     include_usage: bool
     stops_naturally: bool  # the answer ends (EOS) before max_tokens: finish_reason "stop"
+    model: str  # what answers: the base model or the LoRA adapter asked for (its name is echoed)
 
     def finish_reason(self, stats: RequestStats) -> str:
         return "stop" if self.stops_naturally and stats.finish_reason == "length" else stats.finish_reason
+
+
+_Body = TypeVar("_Body", bound=pydantic.BaseModel)
+_Wire = MessageWire | ResponseWire
+"""An answer in another API's shapes than the OpenAI ones the chat path writes itself."""
 
 
 class _Pending:
@@ -121,16 +145,29 @@ class EmulatorServer:
         fail_with_status: int | None = None,
         hang_before_first_byte: bool = False,
         kv_events_port: int | None = None,
+        serves: str = "generate",
+        max_loras: int = 0,
+        lora_load_s: float = 0.5,
+        lora_modules: dict[str, str] | None = None,
     ) -> None:
+        """`max_loras` > 0 enables LoRA adapters (lora.py: that many slots, `lora_load_s` emulated seconds
+        a runtime load takes, `lora_modules` name -> path loaded at start), as vllm --enable-lora
+        --max-loras with VLLM_ALLOW_RUNTIME_LORA_UPDATING does."""
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         base = get_profile(profile) if isinstance(profile, str) else profile
         self.profile = dataclasses.replace(base, max_model_len=max_model_len) if max_model_len else base
         self.model = model
+        if serves not in ("generate", "embed"):
+            raise ValueError("serves must be generate or embed")
+        self.serves = serves
+        self.responses = ResponseStore()
         self.time_scale = time_scale
         self.default_max_tokens = default_max_tokens
         self.engine = Engine(self.profile, kv_cache_tokens=kv_cache_tokens, enable_prefix_caching=enable_prefix_caching)
-        self.metrics = EmulatorMetrics(self.engine.stats, model, num_gpu_blocks=self.engine.total_blocks,
+        self.lora = LoraSlots(max_loras, load_s=lora_load_s, modules=lora_modules,
+                              sleep=lambda s: asyncio.sleep(s * self.time_scale)) if max_loras else None
+        self.metrics = EmulatorMetrics(self.engine.stats, model, num_gpu_blocks=self.engine.total_blocks, lora=self.lora,
                                        enable_prefix_caching=enable_prefix_caching)
         self.fault = _parse_fault(fail_with_status) if fail_with_status else ("hang" if hang_before_first_byte else "ok")
         self._clock = clock
@@ -152,6 +189,15 @@ class EmulatorServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_get("/v1/responses/{response_id}", self._stored_response)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/tokenize", self._tokenize)
+        if self.lora is not None:
+            app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+            app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
+        app.router.add_post("/detokenize", self._detokenize)
         app.router.add_post("/v1/chat/completions/render", self._render_chat)
         app.router.add_post("/v1/completions/render", self._render_completions)
         app.router.add_get("/v1/models", self._models)
@@ -253,17 +299,31 @@ class EmulatorServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "completion")
 
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "messages")
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "responses")
+
     async def _generate(self, request: web.Request, kind: ApiKind) -> web.StreamResponse:
         fault = self.fault
+        if self.serves != "generate":
+            return _not_served()
         if fault.isdigit():
-            return _error(f"emulated failure (fault mode {fault})", int(fault))
+            return _error(f"emulated failure (fault mode {fault})", int(fault), kind=kind)
+        responses: ResponsesJob | None = None
         try:
-            job = self._job(parse_request(await request.read(), kind), kind)
+            raw = await request.read()
+            if kind == "responses":
+                responses = ResponsesJob(raw, self.responses)
+                job = self._job(responses.chat(), kind)
+            else:
+                job = self._job(parse_messages(raw) if kind == "messages" else parse_request(raw, kind), kind)
         except BadRequest as exc:
-            return _error(str(exc), exc.status, exc.param)
+            return _error(str(exc), exc.status, exc.param, kind=kind, error_kind=exc.kind)
         if fault == "hang":
             await asyncio.Event().wait()  # until the client gives up (its disconnect cancels us)
-        prefix, engine_id = "chatcmpl" if kind == "chat" else "cmpl", uuid.uuid4().hex
+        prefix, engine_id = "cmpl" if kind == "completion" else "chatcmpl", uuid.uuid4().hex
         request_id = f"{prefix}-{engine_id}"  # the engine's: unique even when clients reuse an X-Request-Id
         answer_id = f"{prefix}-{request.headers.get('X-Request-Id') or engine_id}"  # vLLM names its answer after it
         arrival_s = self.now_s()
@@ -276,10 +336,14 @@ class EmulatorServer:
             EngineRequest(request_id, chain_keys(token_bytes, KV_BLOCK_TOKENS), job.prompt_tokens, job.output_tokens, arrival_s)
         )
         self._wake.set()
+        wire = (MessageWire(answer_id, job.model, job.prompt_tokens) if kind == "messages"
+                else ResponseWire(responses, job.model, self.responses) if responses is not None else None)
+        if job.model != self.model and self.lora is not None:
+            self.lora.started(job.model)
         try:
             if job.stream:
-                return await self._stream(request, job, answer_id, pending)
-            return await self._complete(request, job, answer_id, pending)
+                return await self._stream(request, job, answer_id, pending, wire)
+            return await self._complete(request, job, answer_id, pending, wire)
         finally:
             # Finished requests are already gone from the engine; anything else (disconnect) is aborted.
             self._pending.pop(request_id, None)
@@ -287,10 +351,13 @@ class EmulatorServer:
                 log.debug("aborted %s", request_id)
             if self.kv_events is not None:
                 self.kv_events.untrack(request_id)
+            if job.model != self.model and self.lora is not None:
+                self.lora.finished(job.model)
 
     def _job(self, body: ChatCompletionRequest | CompletionRequest, kind: ApiKind) -> _Job:
         """Render the prompt and check it against the model, as vLLM's serving layer does."""
-        if body.model is not None and body.model != self.model:
+        adapter = body.model if self.lora is not None and body.model is not None and self.lora.has(body.model) else None
+        if body.model is not None and body.model != self.model and adapter is None:
             raise BadRequest(f"The model `{body.model}` does not exist.", status=404, param="model")
         if isinstance(body, ChatCompletionRequest):
             text = render_chat_prompt([m.model_dump(exclude_none=True) for m in body.messages], body.tools)
@@ -313,29 +380,35 @@ class EmulatorServer:
         # As vLLM 0.32: an answer that would run past the context is cut there (finish "length"), not refused.
         max_tokens = min(requested if requested is not None else self.default_max_tokens, limit - prompt_tokens)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        seed = answer_seed(text, body.seed)
+        seed = answer_seed(text if adapter is None else f"{adapter}\0{text}", body.seed)  # each adapter answers its own way
         natural = natural_length(seed)
         stops_naturally = not body.ignore_eos and natural < max_tokens
         return _Job(kind, text, prompt_tokens, max_tokens, natural if stops_naturally else max_tokens, seed, body.stream,
-                    include_usage, stops_naturally)
+                    include_usage, stops_naturally, adapter or self.model)
 
-    async def _complete(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending) -> web.Response:
+    async def _complete(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending,
+                        wire: _Wire | None) -> web.Response:
         while not isinstance(stats := await pending.queue.get(), RequestStats):
             pass
         if self.fault == "reset" and request.transport is not None:
             request.transport.close()
         text = answer_text(job.seed, 0, stats.output_tokens)
+        if wire is not None:
+            return _json(wire.whole(text, job.finish_reason(stats), _usage_of(stats)))
         body = response_body(
-            job.kind, answer_id, int(time.time()), self.model, text, job.finish_reason(stats),
+            job.kind, answer_id, int(time.time()), job.model, text, job.finish_reason(stats),
             usage(stats.prompt_tokens, stats.output_tokens, stats.cached_tokens),
         )
         return web.Response(body=body, content_type="application/json")
 
-    async def _stream(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, job: _Job, answer_id: str, pending: _Pending,
+                      wire: _Wire | None) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
-        event = lambda **kw: chunk_event(job.kind, answer_id, created, self.model, **kw)  # noqa: E731
+        event = lambda **kw: chunk_event(job.kind, answer_id, created, job.model, **kw)  # noqa: E731
+        if wire is not None:
+            await response.write(wire.start())
         sent = 0
         try:
             while True:
@@ -345,12 +418,19 @@ class EmulatorServer:
                 count = sum(i for i in items if isinstance(i, int))
                 done = next((i for i in items if isinstance(i, RequestStats)), None)
                 events: list[bytes] = []
-                if sent == 0 and job.kind == "chat":
-                    events.append(event(role=True))
-                events.append(event(text=answer_text(job.seed, sent, sent + count), finish_reason=done and job.finish_reason(done),
-                                    fingerprint=done is not None and not job.include_usage))
+                if wire is not None:
+                    events.append(wire.delta(answer_text(job.seed, sent, sent + count)))
+                    if done is not None:
+                        events.append(wire.end(answer_text(job.seed, 0, done.output_tokens), job.finish_reason(done),
+                                               _usage_of(done)))
+                else:
+                    if sent == 0 and job.kind == "chat":
+                        events.append(event(role=True))
+                    events.append(event(text=answer_text(job.seed, sent, sent + count),
+                                        finish_reason=done and job.finish_reason(done),
+                                        fingerprint=done is not None and not job.include_usage))
                 sent += count
-                if done is not None:
+                if done is not None and wire is None:
                     if job.include_usage:
                         events.append(event(usage_=usage(done.prompt_tokens, done.output_tokens, done.cached_tokens),
                                             fingerprint=True))
@@ -401,12 +481,113 @@ class EmulatorServer:
 
     # -- other endpoints ------------------------------------------------------------------------
 
+    async def _stored_response(self, request: web.Request) -> web.Response:
+        response_id = request.match_info["response_id"]
+        found = self.responses.get(response_id)
+        if found is None:
+            return _error(f"Response with id '{response_id}' not found.", 404, "response_id",
+                          error_kind="invalid_request_error")
+        return _json(found)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Each input is prefilled by the engine (it loads the instance as vLLM's pooling does), then embedded."""
+        if self.serves != "embed":
+            return _not_served()
+        if self.fault.isdigit():
+            return _error(f"emulated failure (fault mode {self.fault})", int(self.fault))
+        try:
+            body = _validated(EmbeddingRequest, await request.read())
+            if body.model is not None and body.model != self.model:
+                raise BadRequest(f"The model `{body.model}` does not exist.", status=404, param="model")
+            texts = embedding_inputs(body)
+            if not texts or not all(texts):
+                raise BadRequest("The input must not be empty", param="input")
+        except BadRequest as exc:
+            return _error(str(exc), exc.status, exc.param)
+        if self.fault == "hang":
+            await asyncio.Event().wait()  # until the client gives up
+        stats = await asyncio.gather(*(self._prefill(text) for text in texts))
+        return _json(embeddings_body(self.model, texts, body.encoding_format, sum(s.prompt_tokens for s in stats)))
+
+    async def _prefill(self, text: str) -> RequestStats:
+        """Run `text` through the engine as a one-token request (its prefill is the work) and wait for it."""
+        request_id = f"embd-{uuid.uuid4().hex}"
+        pending = self._pending[request_id] = _Pending(self.now_s())
+        self.engine.add(EngineRequest(request_id, chain_keys(char_token_bytes(text), KV_BLOCK_TOKENS), count_tokens(text),
+                                      1, pending.arrival_s))
+        self._wake.set()
+        try:
+            while not isinstance(stats := await pending.queue.get(), RequestStats):
+                pass
+            return stats
+        finally:
+            self._pending.pop(request_id, None)
+            self.engine.abort(request_id, now_s=self.now_s())
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        try:
+            body = _validated(TokenizeRequest, await request.read())
+            self._check_model(body.model)
+            if body.messages is not None:
+                text = render_chat_prompt(body.messages)
+            elif body.prompt is not None:
+                text = body.prompt
+            else:
+                raise BadRequest("give `prompt` or `messages`", param="prompt")
+        except BadRequest as exc:
+            return _error(str(exc), exc.status, exc.param)
+        tokens = _prompt_token_ids(text)
+        return _json({"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens,
+                      "token_strs": None})
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        try:
+            body = _validated(DetokenizeRequest, await request.read())
+            self._check_model(body.model)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status, exc.param)
+        return _json({"prompt": detokenized(body.tokens)})
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model:
+            raise BadRequest(f"The model `{model}` does not exist.", status=404, param="model")
+
     async def _models(self, _request: web.Request) -> web.Response:
+        created = int(time.time())
         card = {
-            "id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+            "id": self.model, "object": "model", "created": created, "owned_by": "vllm",
             "root": self.model, "parent": None, "max_model_len": self.engine.max_model_len,
         }
-        return _json({"object": "list", "data": [card]})
+        adapters = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": path,
+                     "parent": self.model, "max_model_len": None}
+                    for name, path in (self.lora.loaded() if self.lora is not None else {}).items()]
+        return _json({"object": "list", "data": [card, *adapters]})
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        """vLLM's runtime load: {"lora_name", "lora_path"}; answers in plain text, as vLLM does."""
+        assert self.lora is not None
+        try:
+            body = orjson.loads(await request.read())
+            name, path = body.get("lora_name"), body.get("lora_path")
+            if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+                raise LoraError("Both 'lora_name' and 'lora_path' must be provided.", 400)
+            await self.lora.load(name, path)
+        except (orjson.JSONDecodeError, AttributeError):
+            return _error("Invalid JSON body", 400, "body")
+        except LoraError as exc:
+            return _error(str(exc), exc.status, error_kind="InvalidUserInput" if exc.status == 400 else "NotFoundError")
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        assert self.lora is not None
+        try:
+            name = orjson.loads(await request.read()).get("lora_name")
+            self.lora.unload(str(name))
+        except (orjson.JSONDecodeError, AttributeError):
+            return _error("Invalid JSON body", 400, "body")
+        except LoraError as exc:
+            return _error(str(exc), exc.status, error_kind="InvalidUserInput" if exc.status == 400 else "NotFoundError")
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _health(self, _request: web.Request) -> web.Response:
         if self.fault.isdigit():
@@ -455,6 +636,34 @@ def _json(obj: Any) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
-def _error(message: str, status: int, param: str | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(message, status, param), content_type="application/json")
+def _error(message: str, status: int, param: str | None = None, *, kind: ApiKind = "chat",
+           error_kind: str | None = None) -> web.Response:
+    """`error_kind`: vLLM's own error type name where its handler gives one."""
+    if kind == "messages" and error_kind != SCHEMA_ERROR:
+        body = messages_error_body(message, status)
+    else:
+        body = error_body(message, status, param, error_kind)
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _validated(model: type[_Body], raw: bytes) -> _Body:
+    """`raw` as `model`, every problem a BadRequest naming its field."""
+    try:
+        return model.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Invalid JSON body: {exc}", param="body") from None
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        raise BadRequest(f"{where}: {error['msg']}", param=where) from None
+
+
+def _usage_of(stats: RequestStats) -> Usage:
+    return Usage(stats.prompt_tokens, stats.output_tokens, stats.cached_tokens)
+
+
+def _not_served() -> web.Response:
+    """What vLLM answers on a route its runner does not register (generation on an embedding model, or
+    embeddings on a generating one): FastAPI's plain 404."""
+    return web.Response(status=404, body=b'{"detail":"Not Found"}', content_type="application/json")
 

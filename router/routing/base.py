@@ -39,6 +39,7 @@ class RouteRequest:
     category: str = "general"
     stream: bool = True  # False: the "first token" the router hears of is the whole answer
     kv_hashes: tuple[int, ...] = ()  # the prompt's KV-block keys as the pool's engines key them (precise mode); () when unknown
+    adapter: str | None = None  # the LoRA adapter asked for (the gateway puts its holders first: router/lora.py)
 
 
 class KvView(Protocol):

@@ -45,3 +45,16 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0, what
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout_s}s")
         await asyncio.sleep(0.02)
+
+
+ACCOUNTS_CACHE_POLICY = """
+version: 1
+topic: {default_category: general}
+categories:
+  - name: accounts
+    keywords: [password]
+    cache: {enabled: true, threshold: 0.8, ttl_s: 3600}
+  - name: general
+    cache: {enabled: false}
+"""
+"""A policy that caches one category (requests that mention a password) and nothing else."""

@@ -14,21 +14,11 @@ from typing import AsyncIterator, Iterator
 import aiohttp
 import openai
 import pytest
-from support.gateway import MODEL, emulators, gateway
+from support.gateway import ACCOUNTS_CACHE_POLICY, MODEL, emulators, gateway
 from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-POLICY = """
-version: 1
-topic: {default_category: general}
-categories:
-  - name: accounts
-    keywords: [password]
-    cache: {enabled: true, threshold: 0.8, ttl_s: 3600}
-  - name: general
-    cache: {enabled: false}
-"""
 QUESTION = "How do I reset my password?"
 PARAPHRASE = "I forgot my password, how can I change it?"
 
@@ -50,7 +40,7 @@ def redis_server() -> Iterator[RedisServer]:
 @contextlib.asynccontextmanager
 async def fleet(tmp_path: Path, redis_url: str, replicas: int = 1) -> AsyncIterator[list[str]]:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+    policy.write_text(ACCOUNTS_CACHE_POLICY)
     async with emulators(1) as servers, contextlib.AsyncExitStack() as stack:
         urls = [await stack.enter_async_context(gateway([s.url for s in servers], policy=str(policy), redis_url=redis_url,
                                                                redis_timeout_s=2.0))  # CI may be busy
