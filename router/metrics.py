@@ -18,6 +18,7 @@ from fleetgate.core.usage import Usage
 
 ANONYMOUS_TENANT = "anonymous"  # the tenant label of every request without a key from a keys file
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_SIMILARITY_BUCKETS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 _TPOT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
@@ -33,6 +34,9 @@ class GatewayMetrics:
         self.tpot = Histogram(
             "fleetgate_time_per_output_token_seconds", "Mean gap between streamed chunks after the first.",
             ["pool", "instance"], buckets=_TPOT_BUCKETS_S, registry=registry)
+        self.ttft_slo = Counter(
+            "fleetgate_ttft_slo_requests_total", "Requests with a TTFT SLO, by whether their first byte met it.",
+            ["pool", "outcome"], registry=registry)
         self.ttft_estimate_error = Histogram(
             "fleetgate_ttft_estimate_error_seconds", "|observed - estimated| TTFT of streamed requests, for "
             "routers that estimate TTFT (DualMap).", ["pool"], buckets=_LATENCY_BUCKETS_S, registry=registry)
@@ -73,6 +77,9 @@ class GatewayMetrics:
         self.cache_lookups = Counter(
             "fleetgate_cache_lookups_total", "Semantic cache lookups by category and outcome (hit, miss, bypass).",
             ["category", "outcome"], registry=registry)
+        self.cache_hit_similarity = Histogram(
+            "fleetgate_cache_hit_similarity", "Similarity of the question and the cached one, of each cache hit "
+            "(1.0: an exact repeat).", ["category"], buckets=_SIMILARITY_BUCKETS, registry=registry)
         self.policy_rules = Counter(
             "fleetgate_policy_rule_matches_total", "Requests by the policy rule that planned them.",
             ["rule"], registry=registry)
@@ -100,6 +107,12 @@ class GatewayMetrics:
         self.cache_tokens_saved.labels(tenant_label(request), request.model).inc(
             usage.prompt_tokens + usage.completion_tokens)
 
+    def count_slo(self, pool: str, met: bool) -> None:
+        """One request's TTFT against its SLO; both outcomes exist from a pool's first request, so the
+        attainment ratio has a numerator even while every request misses."""
+        self.ttft_slo.labels(pool, "missed" if met else "met")
+        self.ttft_slo.labels(pool, "met" if met else "missed").inc()
+
     def admission_depth(self, pools: str, priority: int, delta: int) -> None:
         self.admission_queue_depth.labels(pools, str(priority)).inc(delta)
 
@@ -113,6 +126,10 @@ class GatewayMetrics:
         """Export the semantic cache's own counters at scrape time (it keeps plain counters)."""
         self.registry.register(_CacheCollector(cache))
 
+    def watch_fleet(self, source: "FleetSource") -> None:
+        """Export each instance's health (1: serving, 0: ejected) at scrape time, for the alerts."""
+        self.registry.register(_FleetCollector(source))
+
     def watch_kv(self, source: "KvSource") -> None:
         """Export the KV-event subscriptions' state (precise mode) at scrape time."""
         self.registry.register(_KvCollector(source))
@@ -122,6 +139,27 @@ def tenant_label(request: InferenceRequest) -> str:
     """The tenant as a metric label: a keys file bounds tenants; without one a tenant is a hash of
     whatever key the client sent (unbounded), so those all count as "anonymous"."""
     return request.tenant if request.key_id is not None else ANONYMOUS_TENANT
+
+
+class FleetSource(Protocol):
+    """What the fleet registry exposes about health (pools/registry.py FleetRegistry)."""
+
+    @property
+    def snapshot(self) -> Any: ...
+
+
+class _FleetCollector(Collector):
+    def __init__(self, source: FleetSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("fleetgate_instance_up", "1 while the instance is healthy and routed to, 0 while "
+                               "it is ejected (failed probes or requests).", labels=["pool", "model", "instance"])
+        snapshot = self._source.snapshot
+        for name, pool in snapshot.pools.items():
+            for endpoint in pool.endpoints:
+                up.add_metric([name, pool.model, endpoint.name], 1.0 if snapshot.state(endpoint).healthy else 0.0)
+        yield up
 
 
 class KvSource(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 
@@ -70,9 +70,12 @@ class UpstreamClient:
     most `connections_per_instance` open to one instance (more wait for one), and `probe_session`
     for health probes and scrapes, which must not queue behind the streams they judge."""
 
-    def __init__(self, timeouts: ProxyTimeouts, *, connections_per_instance: int) -> None:
+    def __init__(self, timeouts: ProxyTimeouts, *, connections_per_instance: int,
+                 trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> None:
+        """`trace_configs`: hooks on the request session only (tracing), never on the probes."""
         self.timeouts = timeouts
         self.connections_per_instance = connections_per_instance
+        self._trace_configs = list(trace_configs)
         self._session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
 
@@ -95,6 +98,7 @@ class UpstreamClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
             auto_decompress=False,
+            trace_configs=self._trace_configs or None,
         )
         self._probe_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
