@@ -1,13 +1,14 @@
 """Workload classification: cheap request signals -> `WorkloadProfile` (pure, table-tested).
 
-Every signal is computed from the parsed request without a model call, except the optional
-nearest-exemplar topic lookup, which embeds one short text (the last user message) with an
-injected `fleetgate.cache.embed.Embedder` (sentence-transformers in production, HashingEmbedder in tests). Exemplar embeddings are computed once, when a policy is loaded.
+Every signal is computed from the parsed request without a model call, except the topic, which
+may embed one short text (the last user message) with an injected `fleetgate.cache.embed.Embedder`
+(sentence-transformers in production, HashingEmbedder in tests). That one embedding serves both
+the policy's nearest exemplar and the trained topic head (policies/topics.py). Exemplar embeddings
+are computed once, when a policy is loaded.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from fleetgate.core.profile import (
     WorkloadShape,
 )
 from fleetgate.core.request import InferenceRequest
+from fleetgate.policies.topics import TopicMapping, keyword_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +75,17 @@ class TopicMatch:
     category: str
     score: float
     source: CategorySource
+    candidates: tuple[tuple[str, float], ...] = ()  # the top two categories and their scores, best first
 
 
 class TopicClassifier:
-    """Keyword rules in category order first, then the nearest exemplar above `min_similarity`.
+    """The policy's keywords in category order first, then its nearest exemplar above
+    `min_similarity`, then the trained topic head (`head`, when the policy has `topics:`).
 
     Built once per policy: keyword patterns are compiled and exemplars embedded here, so a
-    request costs a few regex scans plus, only when no keyword hit, one embedding of its text.
+    request costs a few regex scans plus, only when no keyword hit, one embedding of its text,
+    which the exemplars and the head share. Without an embedder the head still scores its
+    fragment's keywords (an embedding of zeros).
     """
 
     def __init__(
@@ -89,16 +95,16 @@ class TopicClassifier:
         *,
         min_similarity: float = 0.35,
         default_category: str = "general",
+        head: TopicMapping | None = None,
     ) -> None:
         self.default_category = default_category
         self.min_similarity = min_similarity
-        self._patterns = [
-            (c.name, re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k) for k in c.keywords) + r")(?!\w)", re.IGNORECASE))
-            for c in categories
-            if c.keywords
-        ]
+        if head is not None and embedder is not None and embedder.dim != head.dim:
+            raise ValueError(f"the topic head reads {head.dim}-d embeddings (all-MiniLM-L6-v2); this embedder gives {embedder.dim}")
+        self.head = head
+        self._patterns = [(c.name, keyword_pattern(c.keywords)) for c in categories if c.keywords]
         labelled = [(c.name, text) for c in categories for text in c.exemplars]
-        self._embedder = embedder if labelled else None
+        self._embedder = embedder if labelled or head is not None else None
         self._labels = [name for name, _ in labelled]
         self._matrix = (
             np.asarray(embedder.embed([text for _, text in labelled]), dtype=np.float32)
@@ -109,40 +115,58 @@ class TopicClassifier:
     @property
     def uses_embeddings(self) -> bool:
         """True when a request may be embedded (callers then classify off the event loop)."""
-        return self._matrix is not None
+        return self._embedder is not None
 
     def keyword(self, text: str) -> str | None:
         for name, pattern in self._patterns:
-            if pattern.search(text):
+            if pattern is not None and pattern.search(text):
                 return name
         return None
 
     def without_embedding(self, text: str) -> TopicMatch | None:
-        """The keyword match, or the default when no embedding would help; None: embed `text`."""
+        """The keyword match, or the topic when no embedding would help; None: embed `text`."""
         hit = self.keyword(text)
         if hit is not None:
-            return TopicMatch(hit, 1.0, "keyword")
-        if self._matrix is None or not text.strip():
+            return TopicMatch(hit, 1.0, "keyword", ((hit, 1.0),))
+        if not text.strip():
             return TopicMatch(self.default_category, 0.0, "default")
+        if self._embedder is None:
+            return self._from_head(text, None) if self.head is not None else TopicMatch(self.default_category, 0.0, "default")
         return None
 
-    def nearest(self, vector: np.ndarray) -> TopicMatch:
-        """The category of the exemplar closest to `vector` (an L2-normalised embedding)."""
-        if self._matrix is None:
-            return TopicMatch(self.default_category, 0.0, "default")
-        similarities = self._matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
-        best = int(np.argmax(similarities))
-        score = float(similarities[best])
-        if score < self.min_similarity:
-            return TopicMatch(self.default_category, score, "default")
-        return TopicMatch(self._labels[best], score, "exemplar")
+    def nearest(self, vector: np.ndarray, text: str = "") -> TopicMatch:
+        """From `vector` (the L2-normalised embedding of `text`): the nearest exemplar's category
+        when it is similar enough, else the head's category, else the default."""
+        best_score = 0.0
+        if self._matrix is not None:
+            similarities = self._matrix @ np.asarray(vector, dtype=np.float32).reshape(-1)
+            ranked = self._ranked_exemplars(similarities)
+            best_score = ranked[0][1]
+            if best_score >= self.min_similarity:
+                return TopicMatch(ranked[0][0], best_score, "exemplar", tuple(ranked[:2]))
+        if self.head is not None:
+            return self._from_head(text, vector)
+        return TopicMatch(self.default_category, best_score, "default")
+
+    def _ranked_exemplars(self, similarities: np.ndarray) -> list[tuple[str, float]]:
+        """(category, best similarity of its exemplars), best first."""
+        best: dict[str, float] = {}
+        for label, score in zip(self._labels, similarities.tolist()):
+            best[label] = max(best.get(label, -1.0), round(score, 4))
+        return sorted(best.items(), key=lambda item: -item[1])
+
+    def _from_head(self, text: str, vector: np.ndarray | None) -> TopicMatch:
+        assert self.head is not None
+        category, probability, top = self.head.decide(text, vector)
+        return TopicMatch(category, round(probability, 4), "classifier" if category == top[0][0] else "default", top)
 
     def classify(self, text: str) -> TopicMatch:
         """Synchronous topic (embeds in the calling thread; the gateway embeds asynchronously)."""
         match = self.without_embedding(text)
-        if match is not None or self._embedder is None:
-            return match or TopicMatch(self.default_category, 0.0, "default")
-        return self.nearest(self._embedder.embed([text])[0])
+        if match is not None:
+            return match
+        assert self._embedder is not None
+        return self.nearest(self._embedder.embed([text])[0], text)
 
 
 def _is_agentic(tools: Any, messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -215,5 +239,6 @@ class WorkloadClassifier:
             category=topic.category,
             category_score=topic.score,
             category_source=topic.source,
+            category_candidates=topic.candidates,
             output_tokens_requested=requested,
         )

@@ -176,7 +176,8 @@ def class_intervals(config: ClassifierConfig) -> dict[str, tuple[int, int]]:
 class _Context:
     policy: Policy
     pools: Mapping[str, Pool] | None
-    categories: frozenset[str]  # declared plus the default category
+    categories: frozenset[str]  # declared, the default category and those the topics map domains onto
+    domains: tuple[str, ...]  # the topics fragment's domains
 
     def served_models(self, pool_names: list[str]) -> frozenset[str] | None:
         """Models the named pools serve (no names: every pool); None when no fleet is known."""
@@ -229,18 +230,44 @@ class _Context:
 # ---------------------------------------------------------------- checks
 
 
-def check_policy(policy: Policy, pools: Mapping[str, Pool] | None) -> list[Finding]:
-    """Every finding about `policy` against `pools` (None: no fleet known, pool names unchecked)."""
+def check_policy(policy: Policy, pools: Mapping[str, Pool] | None, domains: tuple[str, ...] = ()) -> list[Finding]:
+    """Every finding about `policy` against `pools` (None: no fleet known, pool names unchecked) and
+    the `domains` of its topics fragment (empty: no `topics:` section)."""
     categories = frozenset(c.name for c in policy.categories) | {policy.topic.default_category}
-    context = _Context(policy, pools, categories)
+    categories |= topic_categories(policy, domains)
+    context = _Context(policy, pools, categories, domains)
     findings: list[Finding] = []
     findings += _duplicate_names(policy)
-    findings += _category_findings(policy)
+    findings += _topics_findings(policy, domains)
+    findings += _category_findings(policy, topic_categories(policy, domains))
     findings += _reference_findings(policy, context)
     rule_findings, effective = _analyse_rules(policy, context)
     findings += rule_findings
     findings += _slo_findings(policy, context, effective)
     return findings
+
+
+def topic_categories(policy: Policy, domains: tuple[str, ...]) -> frozenset[str]:
+    """The categories the topics section's domains land in (a domain not mapped keeps its name)."""
+    mapping = policy.topics.map if policy.topics is not None else {}
+    return frozenset(mapping.get(domain, domain) for domain in domains)
+
+
+def _topics_findings(policy: Policy, domains: tuple[str, ...]) -> list[Finding]:
+    if policy.topics is None:
+        return []
+    return [
+        Finding("error", f"topics.map.{domain}", f"unknown domain {domain!r}; the fragment's domains: {', '.join(domains)}")
+        for domain in policy.topics.map
+        if domain not in domains
+    ]
+
+
+def _unknown_category(name: str, policy: Policy, context: _Context) -> str:
+    if name in context.domains and policy.topics is not None:
+        return f"{name!r} is a topics domain mapped onto category {policy.topics.map[name]!r}: match that category"
+    kind = "category or domain" if context.domains else "category"
+    return f"unknown {kind} {name!r}; known: {', '.join(sorted(context.categories))}"
 
 
 def _duplicate_names(policy: Policy) -> list[Finding]:
@@ -254,11 +281,12 @@ def _duplicate_names(policy: Policy) -> list[Finding]:
     return findings
 
 
-def _category_findings(policy: Policy) -> list[Finding]:
+def _category_findings(policy: Policy, from_topics: frozenset[str]) -> list[Finding]:
     findings = []
     owner: dict[str, int] = {}
     for index, category in enumerate(policy.categories):
-        if not category.keywords and not category.exemplars and category.name != policy.topic.default_category:
+        assigned = category.keywords or category.exemplars or category.name in from_topics
+        if not assigned and category.name != policy.topic.default_category:
             findings.append(Finding("warning", f"categories[{index}]", f"category {category.name!r} has no keywords or exemplars: no request is ever assigned to it"))
         for k, keyword in enumerate(category.keywords):
             earlier = owner.setdefault(keyword.lower(), index)
@@ -308,7 +336,7 @@ def _reference_findings(policy: Policy, context: _Context) -> list[Finding]:
         findings += _cache_findings(f"{path}.cache", rule.cache, context.categories)
         for k, category in enumerate(rule.match.category or []):
             if category not in context.categories:
-                findings.append(Finding("error", f"{path}.match.category[{k}]", f"unknown category {category!r}; declared: {', '.join(sorted(context.categories))}"))
+                findings.append(Finding("error", f"{path}.match.category[{k}]", _unknown_category(category, policy, context)))
         for k, model in enumerate(rule.match.model or []):
             if models is not None and model not in models:
                 findings.append(Finding("error", f"{path}.match.model[{k}]", f"no pool serves model {model!r}; served: {', '.join(sorted(models))}"))

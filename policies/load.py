@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from fleetgate.core.yamlconf import ConfigError, yaml_path
 from fleetgate.policies.conflicts import Finding, check_policy, errors
 from fleetgate.policies.schema import Policy
+from fleetgate.policies.topics import Topics, load_topics
 from fleetgate.pools.config import FleetConfig, load_fleet
 from fleetgate.pools.model import Pool
 
@@ -30,6 +31,7 @@ class LoadedPolicy:
     pools: Mapping[str, Pool] | None  # None: no fleet known when it was loaded
     source: str
     warnings: tuple[Finding, ...] = ()
+    topics: Topics | None = None  # the `topics:` fragment and its trained head
 
 
 BUILTIN_POLICY = Path(__file__).with_name("default.yaml")
@@ -100,6 +102,16 @@ def _resolve_pools(
         return None, [Finding("error", where, f"fleet file {path}: {p or '<root>'}: {m}") for p, m in exc.problems]
 
 
+def _resolve_topics(policy: Policy, base_dir: Path) -> tuple[Topics | None, list[Finding]]:
+    """The `topics:` fragment and its head, loaded relative to the policy's folder."""
+    if policy.topics is None:
+        return None, []
+    try:
+        return load_topics(policy.topics.fragment, base_dir), []
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return None, [Finding("error", "topics.fragment", f"cannot load topics fragment {policy.topics.fragment!r}: {exc}")]
+
+
 def check_text(
     text: str,
     source: str = "<string>",
@@ -123,12 +135,14 @@ def check_text(
         findings = _schema_findings(exc)
     else:
         resolved, findings = _resolve_pools(policy, base_dir, pools, fleet_path)
+        topics, topic_findings = _resolve_topics(policy, base_dir)
+        findings += topic_findings
         if not findings:
-            findings = check_policy(policy, resolved)
+            findings = check_policy(policy, resolved, topics.domains if topics is not None else ())
     findings = [Finding(f.severity, f.path, f.message, _line_of(index, f.path)) for f in findings]
     if errors(findings):
         return None, findings
-    return LoadedPolicy(policy, resolved, source, tuple(findings)), findings
+    return LoadedPolicy(policy, resolved, source, tuple(findings), topics), findings
 
 
 def check_file(

@@ -33,6 +33,7 @@ from fleetgate.policies.schema import (
     Policy,
     RouterSpec,
 )
+from fleetgate.policies.topics import TopicMapping
 from fleetgate.pools.model import Pool
 
 log = logging.getLogger("fleetgate.policies")
@@ -59,6 +60,21 @@ def _ms_to_s(value_ms: float | None) -> float | None:
     return None if value_ms is None else value_ms / 1000.0
 
 
+def topic_classifier(loaded: LoadedPolicy, embedder: Embedder | None) -> TopicClassifier:
+    """The policy's categories (keywords, exemplars) and, with a `topics:` section, its mapped head."""
+    policy = loaded.policy
+    head = None
+    if loaded.topics is not None and policy.topics is not None:
+        head = TopicMapping.of(loaded.topics, policy.topics.map, policy.topics.min_confidence)
+    return TopicClassifier(
+        [TopicCategory(c.name, tuple(c.keywords), tuple(c.exemplars)) for c in policy.categories],
+        embedder,
+        min_similarity=policy.topic.min_similarity,
+        default_category=policy.topic.default_category,
+        head=head,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     """A loaded policy made ready for the request path."""
@@ -82,12 +98,7 @@ class CompiledPolicy:
     def build(cls, loaded: LoadedPolicy, embedder: Embedder | None = None) -> "CompiledPolicy":
         """Compile `loaded`; with an embedder, its exemplars are embedded now (one batch)."""
         policy, pools = loaded.policy, loaded.pools
-        topics = TopicClassifier(
-            [TopicCategory(c.name, tuple(c.keywords), tuple(c.exemplars)) for c in policy.categories],
-            embedder,
-            min_similarity=policy.topic.min_similarity,
-            default_category=policy.topic.default_category,
-        )
+        topics = topic_classifier(loaded, embedder)
         defaults = policy.defaults
 
         def served(names: list[str]) -> frozenset[str] | None:
@@ -228,6 +239,7 @@ class CompiledPolicy:
         return {
             "policy": self.loaded.source,
             "profile": profile_dict,
+            "top_categories": [{"category": c, "score": score} for c, score in profile.category_candidates],
             "rule": rule.name,
             "rule_index": rule.index,
             "matched_because": rule.match.describe() or ["no conditions (matches every request)"],
@@ -274,7 +286,7 @@ class PolicyPlanner:
             topic = classifier.topics.without_embedding(text)
             if topic is None:
                 topic = (
-                    classifier.topics.nearest(await self._embedder.embed_one(text))
+                    classifier.topics.nearest(await self._embedder.embed_one(text), text)
                     if self._embedder is not None
                     else await asyncio.to_thread(classifier.topics.classify, text)
                 )

@@ -54,6 +54,14 @@ class TopicSettings(_Strict):
     min_similarity: float = Field(default=0.35, ge=-1, le=1)  # cosine needed for an exemplar match
 
 
+class Topics(_Strict):
+    """A topics fragment (its domains and trained head, policies/topics.py) and how its domains map onto categories."""
+
+    fragment: str = "mmlu-pro"  # a built-in fragment's name, or a YAML path relative to this policy
+    map: dict[str, Name] = {}  # domain -> category; a domain not listed is a category of its own name
+    min_confidence: float | None = Field(default=None, ge=0, le=1)  # None: the head's calibrated floor
+
+
 Scalar = str | int | float | bool | None
 
 
@@ -135,6 +143,7 @@ class Policy(_Strict):
     pools: list[PoolConfig] | None = None  # or the pools inline, in the fleet file's format
     classifier: ClassifierConfig = ClassifierConfig()
     topic: TopicSettings = TopicSettings()
+    topics: Topics | None = None  # the trained topic head; None: keywords and exemplars only
     categories: list[Category] = []
     rules: list[Rule] = []
     defaults: Defaults = Defaults()

@@ -43,14 +43,31 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
     topics = sub.add_parser(
         "eval-topics",
-        help="topic accuracy of a policy's categories on labelled questions",
-        description="Classify every question of a labelled cases file with the policy's keywords and exemplars and "
-        "print the accuracy and the confusion table. The label 'other' means the policy's default category.",
+        help="topic accuracy of a policy on labelled questions",
+        description="Classify every question of a labelled file as the gateway would (the policy's keywords, exemplars "
+        "and topics head) and print the accuracy with its 95% confidence interval, per-class precision and recall, the "
+        "confusion table and the share sent to 'other'. FILE: a JSON list of {category, question}, the Semantic "
+        "Router's cache cases, or its MMLU-Pro labels file. A label that is a topics domain is compared through the "
+        "policy's topics.map; without topics, 'other' means the policy's default category.",
     )
+    topics.add_argument("cases", type=Path, nargs="?", default=DEFAULT_CASES, metavar="FILE", help=f"labelled questions (default: {DEFAULT_CASES})")
     topics.add_argument("--policy", type=Path, default=BUILTIN_POLICY, help="policy YAML (default: the built-in policy)")
-    topics.add_argument("--cases", type=Path, default=DEFAULT_CASES, help=f"labelled questions (default: {DEFAULT_CASES})")
-    topics.add_argument("--embedder", choices=EMBEDDERS[:2], default="minilm", help="embedder (default: minilm, the real model)")
+    topics.add_argument("--embedder", choices=EMBEDDERS, default="minilm",
+                        help="embedder (default: minilm, the real model; none: keywords alone)")
+    topics.add_argument("--json", action="store_true", help="print one JSON object (accuracy, accuracy_ci95, classes, confusion, other_share)")
     topics.set_defaults(func=_eval_topics)
+
+    train = sub.add_parser(
+        "train-topics",
+        help="train the MMLU-Pro topic head (policies/data/topic_head.json)",
+        description="Fit the topic head on the MMLU-Pro exemplars and the questions written for this project, choose "
+        "its keyword boost, temperature and abstention floor by 5-fold cross-validation, and write it. Prints the "
+        "cross-validated accuracy. The held-out questions are never read.",
+    )
+    from fleetgate.policies import topics_train
+
+    topics_train.add_arguments(train)
+    train.set_defaults(func=topics_train.run)
 
     classify = bench.add_parser(
         "classify",
@@ -131,7 +148,8 @@ def _format_explanation(e: dict) -> str:
         f"  prompt_tokens={p['prompt_tokens']} output_tokens={p['output_tokens']}"
         f"{'' if p['output_tokens_requested'] else ' (expected default)'} shape={p['shape']} context_class={p['context_class']}",
         f"  turns={p['turns']} multi_turn={p['multi_turn']} agentic={p['agentic']} session_id={p['session_id']}",
-        f"  category={p['category']} ({p['category_source']}, score {p['category_score']:.2f})",
+        f"  category={p['category']} ({p['category_source']}, score {p['category_score']:.2f})"
+        + "".join(f"; #{i + 1} {t['category']} {t['score']:.2f}" for i, t in enumerate(e.get("top_categories", []))),
     ]
     for skipped in e["skipped_rules"]:
         lines.append(f"skipped rule {skipped['rule']}: {skipped['reason']}")
@@ -148,15 +166,24 @@ def _format_explanation(e: dict) -> str:
 
 
 def _eval_topics(args: argparse.Namespace) -> int:
+    import json
+
     from fleetgate.policies.load import check_file, config_error
-    from fleetgate.policies.topic_eval import evaluate, read_cases
+    from fleetgate.policies.topic_eval import evaluate, read_labelled
 
     loaded, findings = check_file(args.policy)
     if loaded is None:
         print(config_error(str(args.policy), findings))
         return 1
-    questions = read_cases(args.cases, loaded.policy.topic.default_category)
-    result = evaluate(loaded.policy, _embedder(args.embedder), questions)
+    try:
+        questions = read_labelled(args.cases)
+    except (OSError, ValueError) as exc:
+        print(f"cannot read labelled questions: {exc}")
+        return 1
+    result = evaluate(loaded, _embedder(args.embedder), questions)
+    if args.json:
+        print(json.dumps({"policy": str(args.policy), "cases": str(args.cases), "embedder": args.embedder, **result.to_json()}))
+        return 0
     print(f"policy: {args.policy}  cases: {args.cases}  embedder: {args.embedder}")
     print(result.format())
     return 0
