@@ -8,12 +8,14 @@ only ever talks to `AsyncBatchingEmbedder`, which gathers concurrent single look
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import xxhash
@@ -109,6 +111,60 @@ class SentenceTransformerEmbedder:
             texts, batch_size=max(1, len(texts)), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self._dim)
+
+
+_DIMENSION_KEEPING_MODULES = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                              "sentence_transformers.models.Normalize"}
+
+
+def model_dimension(model_path: str | Path | None = None) -> int | None:
+    """The embedding size a sentence-transformers directory produces, read from its files (no torch):
+    known only when its modules are Transformer, Pooling and Normalize (the pooling size is the
+    output size); None otherwise."""
+    path = Path(model_path) if model_path is not None else default_model_path()
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        if not {module["type"] for module in modules} <= _DIMENSION_KEEPING_MODULES:
+            return None
+        pooling = next(module["path"] for module in modules if module["type"].endswith(".Pooling"))
+        return int(json.loads((path / pooling / "config.json").read_text())["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+class OnDemandEmbedder:
+    """An embedder whose model is loaded by the first `embed`, not before: a gateway whose policy
+    embeds nothing (no exemplars, no semantic cache rule) never imports torch or loads the model
+    (about 7 s and several hundred MB). The size comes from the model's files, or from loading it
+    when they do not tell."""
+
+    def __init__(self, load: Callable[[], Embedder], dim: int | None = None) -> None:
+        self._load = load
+        self._model: Embedder | None = None
+        self._dim = dim
+        self._loading = threading.Lock()
+
+    @classmethod
+    def sentence_transformer(cls, model_path: str | Path | None = None, *,
+                             max_threads: int | None = None) -> OnDemandEmbedder:
+        return cls(lambda: SentenceTransformerEmbedder(model_path, max_threads=max_threads), model_dimension(model_path))
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def dim(self) -> int:
+        return self._dim if self._dim is not None else self.model().dim
+
+    def model(self) -> Embedder:
+        with self._loading:  # two first callers (the classifier and the cache) load it once
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.model().embed(texts)
 
 
 class AsyncBatchingEmbedder:

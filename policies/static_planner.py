@@ -20,11 +20,17 @@ class StaticPlanner:
     def __init__(self, pools: Mapping[str, Pool], router: str, *, ttft_slo_s: float | None = None,
                  classifier: WorkloadClassifier | None = None) -> None:
         self._pools_by_model: dict[str, tuple[Pool, ...]] = {}
-        for pool in pools.values():
-            self._pools_by_model[pool.model] = self._pools_by_model.get(pool.model, ()) + (pool,)
+        self.set_pools(pools)
         self._router = router
         self._ttft_slo_s = ttft_slo_s
         self._classifier = classifier or WorkloadClassifier()
+
+    def set_pools(self, pools: Mapping[str, Pool]) -> None:
+        """Plan over `pools` from now on (the fleet changed live)."""
+        by_model: dict[str, tuple[Pool, ...]] = {}
+        for pool in pools.values():
+            by_model[pool.model] = by_model.get(pool.model, ()) + (pool,)
+        self._pools_by_model = by_model
 
     async def plan(self, request: InferenceRequest) -> RoutePlan:
         pools = self._pools_by_model.get(request.model)

@@ -120,10 +120,10 @@ def test_an_open_host_is_refused_without_allow_open(capsys: pytest.CaptureFixtur
 def test_allow_open_host_reaches_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    calls: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets=None: calls.append(server.config))
     assert main(["serve", *QUICK, "--bare", "--host", "0.0.0.0", "--allow-open", "--port", "8123"]) == 0
-    assert [(c["host"], c["port"]) for c in calls] == [("0.0.0.0", 8123)]
+    assert [(c.host, c.port) for c in calls] == [("0.0.0.0", 8123)]
 
 
 def test_allow_open_host_reaches_ray_serve_http_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,7 @@ def test_valid_fleet_becomes_pools():
         ("pools: []", "pools", "at least 1"),
         ("pools:\n  - name: a\n    model: m\n    gpu: tpu\n    count: 1\n    base_port: 1", "pools[0].gpu", "unknown GPU"),
         ("pools:\n  - name: a\n    model: m\n    instances:\n      - url: ftp://x", "pools[0].instances[0].url", "http://"),
-        ("pools:\n  - name: a\n    model: m", "pools[0]", "either"),
+        ("pools:\n  - name: a\n    model: m", "pools[0]", "give one of"),
         ("pools:\n  - name: a\n    model: m\n    count: 2", "pools[0]", "base_port"),
         ("pools:\n  - name: a\n    model: m\n    count: 1\n    base_port: 1\n    colour: red", "pools[0].colour", "Extra inputs"),
         ("pools:\n  - {name: a, model: m, count: 1, base_port: 5}\n  - {name: a, model: m, count: 1, base_port: 6}", "", "repeated: a"),
