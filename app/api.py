@@ -19,10 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from fleetgate.app.admin_access import AdminAccess
+from fleetgate.app.logs import current_request_id
+from fleetgate.app.drain import CountInFlight, Drain
 from fleetgate.core.errors import (
     GatewayError,
     InvalidRequestError,
@@ -30,6 +33,10 @@ from fleetgate.core.errors import (
     internal_error_body,
 )
 from fleetgate.core.request import ApiKind
+from fleetgate.pools.membership import FleetMembership
+from fleetgate.pools.model import FleetSnapshot
+from fleetgate.router.anthropic import error_body as anthropic_error_body
+from fleetgate.router.anthropic import with_bearer
 from fleetgate.router.frontdoor import FrontDoor
 from fleetgate.router.gateway import Gateway, GatewayResponse
 from fleetgate.router.ingress import parse_inference_request
@@ -44,6 +51,8 @@ class GatewayRuntime(Protocol):
     front_door: FrontDoor
     admin_token: str | None
     max_body_bytes: int
+    membership: FleetMembership
+    drain: Drain
 
     async def start(self) -> None: ...
 
@@ -54,8 +63,9 @@ class GatewayRuntime(Protocol):
     async def reload_policy(self) -> list[str]: ...
 
 
-def _error_response(error: GatewayError, request_id: str) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status,
+def _error_response(error: GatewayError, request_id: str, api: str = "openai") -> JSONResponse:
+    """`api` "messages": in Anthropic's error shape, as its clients parse errors."""
+    return JSONResponse(anthropic_error_body(error) if api == "messages" else error.to_body(), status_code=error.status,
                         headers={"x-request-id": request_id, **error.headers()})
 
 
@@ -123,8 +133,9 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
     def inference(api: ApiKind) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            current_request_id.set(request_id)  # on every log record of this request (app/logs.py)
             try:
-                headers = {k.lower(): v for k, v in request.headers.items()}
+                headers = with_bearer({k.lower(): v for k, v in request.headers.items()})
                 key = runtime.front_door.identify(headers)  # 401 before reading the body
                 raw = await _read_body(request, runtime.max_body_bytes)
                 parsed = parse_inference_request(raw, api, request_id=request_id,
@@ -133,12 +144,16 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
                 return _to_http(await _unless_disconnected(request, runtime.gateway.handle(parsed, raw, headers)))
             except GatewayError as error:
                 runtime.gateway.metrics.rejected.labels(error.code or error.error_type).inc()
-                return _error_response(error, request_id)
+                runtime.gateway.telemetry.refused(request_id, error.status, error.code or error.error_type)
+                return _error_response(error, request_id, api)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a bug must not leak a traceback to the client
                 log.exception("unexpected error serving %s", request_id)
-                return JSONResponse(internal_error_body(), status_code=500, headers={"x-request-id": request_id})
+                body = internal_error_body()
+                if api == "messages":
+                    body = anthropic_error_body(GatewayError(body["error"]["message"]))
+                return JSONResponse(body, status_code=500, headers={"x-request-id": request_id})
 
         return endpoint
 
@@ -151,6 +166,39 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
         data = [{"id": model, "object": "model", "created": gateway_models_created, "owned_by": "fleetgate"}
                 for model in served if key is None or key.allows(model)]
         return JSONResponse({"object": "list", "data": data})
+
+    async def ready(_request: Request) -> Response:
+        """Whether to send this process requests (a load balancer's or Kubernetes' readiness probe),
+        unlike /health (whether it runs): 503 while it drains or while a model it serves has no
+        healthy instance."""
+        if runtime.drain.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        unserved = _models_without_healthy_instance(runtime.gateway.registry.snapshot)
+        if unserved:
+            return JSONResponse({"status": "unavailable", "models_without_healthy_instance": unserved},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def instances(request: Request) -> Response:
+        """POST adds, DELETE removes the instance {"pool": NAME, "url": URL} (pools/membership.py)."""
+        try:
+            body = orjson.loads(await _read_body(request, runtime.max_body_bytes))
+        except orjson.JSONDecodeError:
+            return _error_response(InvalidRequestError("the body must be JSON: {\"pool\": NAME, \"url\": URL}"),
+                                   uuid.uuid4().hex)
+        try:
+            if not isinstance(body, dict) or not isinstance(body.get("pool"), str):
+                raise InvalidRequestError("the body must be {\"pool\": NAME, \"url\": URL}", param="pool")
+            change = runtime.membership.add_instance if request.method == "POST" else runtime.membership.remove_instance
+            endpoint = change(body["pool"], body.get("url"))
+        except GatewayError as error:
+            return _error_response(error, uuid.uuid4().hex)
+        except ValueError as error:  # e.g. the pool's key variable is unset
+            return _error_response(InvalidRequestError(str(error)), uuid.uuid4().hex)
+        pool = runtime.gateway.registry.snapshot.pools[endpoint.pool]
+        return JSONResponse({"pool": pool.name, "instance": {"name": endpoint.name, "url": endpoint.url},
+                             "instances": [{"name": e.name, "url": e.url} for e in pool.endpoints]},
+                            status_code=201 if request.method == "POST" else 200)
 
     async def health(_request: Request) -> Response:
         snapshot = runtime.gateway.registry.snapshot
@@ -206,20 +254,30 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
         finally:
             await runtime.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", inference("chat"), methods=["POST"]),
             Route("/v1/completions", inference("completions"), methods=["POST"]),
+            Route("/v1/messages", inference("messages"), methods=["POST"]),
+            Route("/v1/responses", inference("responses"), methods=["POST"]),
+            Route("/v1/embeddings", inference("embeddings"), methods=["POST"]),
+            Route("/tokenize", inference("tokenize"), methods=["POST"]),
+            Route("/detokenize", inference("detokenize"), methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/cache/feedback", cache_feedback, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/fleet", admin_only(fleet), methods=["GET"]),
             Route("/admin/explain", admin_only(explain), methods=["POST"]),
             Route("/admin/policy/reload", admin_only(reload_policy), methods=["POST"]),
+            Route("/admin/instances", admin_only(instances), methods=["POST", "DELETE"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(CountInFlight, drain=runtime.drain)],
     )
+    app.state.drain = runtime.drain  # for the server in front (app/drain.py DrainingServer)
+    return app
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[GatewayResponse]) -> GatewayResponse:
@@ -240,5 +298,12 @@ async def _unless_disconnected(request: Request, work: Awaitable[GatewayResponse
     return task.result()
 
 
+def _models_without_healthy_instance(snapshot: FleetSnapshot) -> list[str]:
+    healthy = {pool.model for name, pool in snapshot.pools.items() if snapshot.healthy(name)}
+    return [model for model in snapshot.models() if model not in healthy]
+
+
 def _state_dict(state: Any) -> dict[str, Any]:
-    return {field: getattr(state, field) for field in state.__slots__}
+    """An EndpointState as JSON values (its LoRA adapters: a sorted list)."""
+    return {field: sorted(value) if isinstance(value := getattr(state, field), frozenset) else value
+            for field in state.__slots__}

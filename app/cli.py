@@ -20,6 +20,7 @@ AREA_COMMANDS: tuple[str, ...] = (
     "fleetgate.app.commands.simulate",
     "fleetgate.app.commands.loadgen",
     "fleetgate.app.commands.admission",
+    "fleetgate.app.commands.observe",
     "fleetgate.app.demo",
 )
 """Modules with a `register(commands, bench)` function, in the order their commands are listed."""

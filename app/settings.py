@@ -53,8 +53,8 @@ class GatewaySettings(BaseModel):
     ttft_slo_ms: float | None = Field(default=None, gt=0, description="TTFT SLO the router checks when no "
                                       "policy file sets one (none: no SLO check)")
     policy: str | None = Field(default=None, description="policy YAML (rules, categories, cache); hot-reloaded")
-    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy and keys files are checked "
-                                 "for changes")
+    policy_poll_s: float = Field(default=2.0, gt=0, description="how often the policy, keys and fleet files are "
+                                 "checked for changes")
     keys: str | None = Field(default=None, description="keys YAML (`fleetgate keys add`): every request then needs "
                              "one of its API keys (else 401; a model the key may not use: 403), and its RPM/TPM "
                              "limits apply (429); hot-reloaded. None: the gateway is open to anyone who reaches it")
@@ -105,6 +105,29 @@ class GatewaySettings(BaseModel):
                                        "besides when a request in their pools gets its first token or ends")
     admission_max_wait_s: float = Field(default=60.0, gt=0, description="longest admission wait of a request "
                                         "without a TTFT SLO (one with an SLO is shed once it has passed); then 503")
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a draining gateway (a Ray "
+                                               "Serve replica being replaced or scaled down, or the bare gateway "
+                                               "stopping) may finish its in-flight requests and streams; /ready "
+                                               "answers 503 meanwhile")
+    otel_traces_exporter: str | None = Field(
+        default=None, pattern=r"^(otlp|none)$", description="'otlp': send OpenTelemetry traces over OTLP/HTTP (docs/observability.md); "
+        "'none': no tracing. None: the standard OTEL_TRACES_EXPORTER, else no tracing")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="base URL of the OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (spans go to "
+        "its /v1/traces). None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else "
+        "http://localhost:4318")
+    otel_sample_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="share of requests traced, unless the caller's traceparent decided. "
+        "None: OTEL_TRACES_SAMPLER_ARG, else 1.0")
+    otel_service_name: str | None = Field(default=None, description="the traces' service.name. None: "
+                                          "OTEL_SERVICE_NAME, else fleetgate")
+    access_log: bool = Field(default=False, description="one log line per request: request id, tenant hash, "
+                             "model, pool, instance, route, cache outcome, status, TTFT, tokens (never prompts "
+                             "or keys)")
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="the gateway's "
+                           "log level: DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field(default="text", pattern=r"^(json|text)$", description="'json': one JSON object per "
+                            "log line; 'text': plain lines")
 
     @field_validator("router")
     @classmethod
@@ -135,11 +158,41 @@ class ServeSettings(GatewaySettings):
     """`build_app`'s arguments (serve.yaml's `args`): the gateway plus its Ray Serve deployment."""
 
     num_replicas: int = Field(default=1, ge=1, description="gateway replicas on Ray Serve; they share "
-                              "nothing on the request path")
+                              "nothing on the request path (with max_replicas: the fewest autoscaling keeps)")
     max_ongoing_requests: int = Field(default=1000, ge=1, description="requests one replica handles at "
                                       "once before Ray Serve queues more")
-    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0, description="how long a replica being "
-                                               "replaced may finish its in-flight streams")
+    max_replicas: int | None = Field(default=None, ge=1, description="autoscale the gateway between num_replicas "
+                                     "and this many replicas on ongoing requests (Ray Serve autoscaling_config); "
+                                     "none: a fixed num_replicas")
+    target_ongoing_requests: float = Field(default=100.0, gt=0, description="autoscaling: ongoing requests (a "
+                                           "stream counts until its last byte) per replica that Ray Serve aims for")
+    upscale_delay_s: float = Field(default=10.0, ge=0, description="autoscaling: how long load must stay above "
+                                   "target before a replica is added")
+    downscale_delay_s: float = Field(default=120.0, ge=0, description="autoscaling: how long load must stay below "
+                                     "target before a replica is removed (it drains first)")
+    autoscaling_look_back_s: float = Field(default=30.0, gt=0, description="autoscaling: the window over which "
+                                           "ongoing requests are averaged")
+
+    @model_validator(mode="after")
+    def _max_replicas_above_num(self) -> "ServeSettings":
+        if self.max_replicas is not None and self.max_replicas < self.num_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be at least num_replicas "
+                             f"({self.num_replicas}), the fewest replicas autoscaling keeps")
+        return self
+
+    def autoscaling_config(self) -> dict[str, Any] | None:
+        """Ray Serve's `autoscaling_config` for the gateway deployment; None without max_replicas."""
+        if self.max_replicas is None:
+            return None
+        return {"min_replicas": self.num_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests, "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s, "look_back_period_s": self.autoscaling_look_back_s}
+    shared_embedder: bool = Field(default=True, description="with a policy file: the embedding model runs in its "
+                                  "own deployment, one copy per node shared by the gateway replicas (batched "
+                                  "across them); false: each replica loads its own copy when its policy first "
+                                  "needs an embedding")
+    embedder_replicas: int = Field(default=1, ge=1, description="copies of the shared embedding model, at most one "
+                                   "per node: the number of nodes that run gateway replicas")
 
 
 class ServeCommandSettings(ServeSettings):

@@ -34,6 +34,7 @@ class RoutePlan:
     router_params: tuple[tuple[str, Any], ...] = ()  # the router's constructor arguments, sorted by name
     pools_ranked: bool = True  # True: spill to the next pool only when one is unhealthy or over the SLO;
     # False: any of them, whichever promises the lowest TTFT
+    instances: tuple[str, ...] | None = None  # only these instances (a stored response's holder); None: any
 
 
 def plan_summary(plan: RoutePlan) -> str:
@@ -42,6 +43,7 @@ def plan_summary(plan: RoutePlan) -> str:
     slo = "" if plan.ttft_slo_s is None else round(plan.ttft_slo_s * 1000)
     return (
         f"rule={plan.rule}; pools={','.join(plan.pools)}; router={plan.router}; category={p.category}; "
+        f"topics={','.join(f'{c}:{score:.2f}' for c, score in p.category_candidates) or 'none'}; "
         f"api={p.api}; prompt_tokens={p.prompt_tokens}; output_tokens={p.output_tokens}; shape={p.shape}; "
         f"context={p.context_class}; agentic={str(p.agentic).lower()}; turns={p.turns}; "
         f"ttft_slo_ms={slo}; cache={plan.cache_policy or 'off'}"

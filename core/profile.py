@@ -9,7 +9,7 @@ from typing import Literal
 
 ContextClass = Literal["short", "medium", "long", "very-long"]
 WorkloadShape = Literal["prefill-heavy", "balanced", "decode-heavy"]
-CategorySource = Literal["keyword", "exemplar", "default"]
+CategorySource = Literal["keyword", "exemplar", "classifier", "default"]  # classifier: the trained topic head
 CONTEXT_CLASSES: tuple[ContextClass, ...] = ("short", "medium", "long", "very-long")
 SHAPES: tuple[WorkloadShape, ...] = ("prefill-heavy", "balanced", "decode-heavy")
 
@@ -18,7 +18,7 @@ SHAPES: tuple[WorkloadShape, ...] = ("prefill-heavy", "balanced", "decode-heavy"
 class WorkloadProfile:
     """Everything policy rules can condition on, computed once per request."""
 
-    api: Literal["chat", "completions"]
+    api: str  # core/request.py ApiKind
     model: str
     tenant: str
     prompt_tokens: int
@@ -29,8 +29,9 @@ class WorkloadProfile:
     shape: WorkloadShape
     context_class: ContextClass
     category: str = "general"
-    category_score: float = 0.0  # similarity to the winning exemplar, or 1.0 for a keyword hit
+    category_score: float = 0.0  # similarity to the winning exemplar, the head's probability, or 1.0 for a keyword hit
     category_source: CategorySource = "default"
+    category_candidates: tuple[tuple[str, float], ...] = ()  # the top two categories with their scores, best first
     output_tokens_requested: bool = False  # False when output_tokens is the expected default
 
     @property

@@ -19,6 +19,16 @@ which `fleet up` starts and the gateway then finds at the same URLs).
             weight: 2
             kv_events: tcp://10.0.0.7:5557   # its KV-cache events (precise mode)
 
+A pool may instead name where Kubernetes keeps its instances (`kubernetes:`): the ready endpoints of
+the EndpointSlices in `namespace` matching `selector` (pools/k8s.py), followed live:
+
+      - name: chat-k8s
+        model: llama-3.1-8b
+        kubernetes:
+          namespace: llm
+          selector: app=vllm,model=llama-3-1-8b
+          port: http            # the EndpointSlice port's name or number (default: its first port)
+
 Precise mode (docs/routing.md): an instance's `kv_events` is the ZMQ address its vLLM publishes
 KV-cache events on (`--kv-events-config`); a count/base_port pool's `kv_events_base_port` gives
 instance i `tcp://127.0.0.1:<kv_events_base_port + i>` (what `fleet up` makes its emulators
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
@@ -79,6 +90,18 @@ class InstanceConfig(BaseModel):
         return url.rstrip("/").removesuffix("/v1")
 
 
+class KubernetesSource(BaseModel):
+    """Where a pool's instances come from in Kubernetes: the ready endpoints of the EndpointSlices in
+    `namespace` whose labels match `selector` (a label selector, as `kubectl get -l` takes it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    selector: str = Field(min_length=1)
+    port: str | int | None = None  # the slice port's name or number; None: its first port
+    scheme: Literal["http", "https"] = "http"
+
+
 class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,6 +112,7 @@ class PoolConfig(BaseModel):
     backend: Literal["emulator", "vllm"] = "emulator"  # what `fleet up` starts for count/base_port pools
     instances: list[InstanceConfig] = []
     count: int | None = Field(default=None, gt=0)
+    kubernetes: KubernetesSource | None = None  # instances from EndpointSlices (pools/k8s.py), followed live
     base_port: int | None = Field(default=None, gt=0, lt=65536)
     kv_events_base_port: int | None = Field(default=None, gt=0, lt=65536)  # count pools: instance i publishes on +i
     tokenizer: str | None = None  # path of the engines' tokenizer.json (precise-mode keys)
@@ -96,6 +120,14 @@ class PoolConfig(BaseModel):
     # holds it: a fleet file is shared and committed, a key must not be.
     api_key_env: str | None = None
     forward_client_key: bool = False  # send the client's own Authorization upstream instead (never by default)
+    # What its model is for: "embed" pools (an embedding model, vllm --runner pooling) take /v1/embeddings;
+    # "generate" pools take everything that generates text. /tokenize goes to either.
+    serves: Literal["generate", "embed"] = "generate"
+    # LoRA adapters of its model (router/lora.py): name -> the path its instances load it from. Instances list
+    # what they hold (/v1/models); with runtime_lora_loading the gateway loads a named adapter where none does
+    # (vLLM's /v1/load_lora_adapter; the instances need VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+    lora_adapters: dict[str, str] = {}
+    runtime_lora_loading: bool = False
 
     @field_validator("api_key_env", mode="before")
     @classmethod
@@ -112,8 +144,9 @@ class PoolConfig(BaseModel):
 
     @model_validator(mode="after")
     def _instances_or_count(self) -> "PoolConfig":
-        if bool(self.instances) == (self.count is not None):
-            raise ValueError("give either `instances` (URLs) or `count` with `base_port`, not both")
+        if sum((bool(self.instances), self.count is not None, self.kubernetes is not None)) != 1:
+            raise ValueError("give one of `instances` (URLs), `count` with `base_port`, or `kubernetes` "
+                             "(a namespace and label selector)")
         if self.count is not None and self.base_port is None:
             raise ValueError("`count` needs `base_port`")
         if self.kv_events_base_port is not None and self.count is None:
@@ -142,23 +175,26 @@ class PoolConfig(BaseModel):
         """The pool's endpoints; `custom`: the fleet file's own GPU profiles by name."""
         named = {i.url: i.name for i in self.instances if i.name}
         gpus = {i.url: i.gpu for i in self.instances if i.gpu}
-        context_tokens = self.context_tokens(custom)
         endpoints = tuple(
-            Endpoint(
-                name=named.get(url) or f"{self.name}-{index}",
-                url=url,
-                pool=self.name,
-                model=self.model,
-                gpu=(gpu := gpus.get(url, self.gpu)),
-                gpu_profile=custom.get(gpu) if custom else None,
-                max_context_tokens=context_tokens,
-                weight=weight,
-                kv_events=kv_events,
-            )
+            self.endpoint(url, named.get(url) or f"{self.name}-{index}", custom, weight=weight,
+                          gpu=gpus.get(url), kv_events=kv_events)
             for index, ((url, weight), kv_events) in enumerate(zip(self.instance_urls(), self.kv_events_urls()))
         )
+        return self.with_endpoints(endpoints)
+
+    def endpoint(self, url: str, name: str, custom: Mapping[str, GpuProfile] | None = None, *, weight: float = 1.0,
+                 gpu: str | None = None, kv_events: str | None = None) -> Endpoint:
+        """One instance of this pool (also one added live: the admin API, Kubernetes discovery)."""
+        gpu = gpu or self.gpu
+        return Endpoint(name=name, url=url, pool=self.name, model=self.model, gpu=gpu,
+                        gpu_profile=custom.get(gpu) if custom else None,
+                        max_context_tokens=self.context_tokens(custom), weight=weight, kv_events=kv_events)
+
+    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> Pool:
+        """This pool with `endpoints` as its instances."""
         return Pool(name=self.name, model=self.model, endpoints=endpoints, tokenizer=self.tokenizer,
-                    api_key_env=self.api_key_env, forward_client_key=self.forward_client_key)
+                    api_key_env=self.api_key_env, forward_client_key=self.forward_client_key, serves=self.serves,
+                    lora_adapters=MappingProxyType(dict(self.lora_adapters)), runtime_lora_loading=self.runtime_lora_loading)
 
 
 class FleetConfig(BaseModel):
@@ -229,6 +265,9 @@ def _running_pool(pool: Pool) -> PoolConfig:
         tokenizer=pool.tokenizer,
         api_key_env=pool.api_key_env,
         forward_client_key=pool.forward_client_key,
+        serves=pool.serves,
+        lora_adapters=dict(pool.lora_adapters),
+        runtime_lora_loading=pool.runtime_lora_loading,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
@@ -39,6 +40,9 @@ class HealthPolicy:
     eject_cooldown_s: float
 
 
+_NOT_YET_PROBED = EndpointState(healthy=False)
+
+
 class FleetRegistry:
     """Owns the current `FleetSnapshot` of one gateway process."""
 
@@ -49,6 +53,7 @@ class FleetRegistry:
         self._ejected_until_s: dict[str, float] = {}
         self._snapshot = FleetSnapshot(version=0, pools=MappingProxyType(dict(pools)))
         self._kv = KvSubscriptions(clock=clock)
+        self._adapter_notes: dict[str, dict[str, tuple[float, bool]]] = {}  # endpoint -> adapter -> (when, held)
 
     @property
     def snapshot(self) -> FleetSnapshot:
@@ -59,9 +64,11 @@ class FleetRegistry:
         return [e for pool in self._snapshot.pools.values() for e in pool.endpoints]
 
     def set_pools(self, pools: Mapping[str, Pool]) -> None:
-        """Swap the fleet's layout (policy reload); states of endpoints that stay are kept."""
-        names = {e.name for pool in pools.values() for e in pool.endpoints}
-        states = {name: s for name, s in self._snapshot.states.items() if name in names}
+        """Swap the fleet's layout (pools/membership.py): endpoints that stay (same name and URL) keep
+        their state; a new one takes no request before its first successful probe."""
+        before = {e.name: e.url for e in self.endpoints}
+        states = {e.name: self._snapshot.states.get(e.name, EndpointState()) if before.get(e.name) == e.url
+                  else _NOT_YET_PROBED for pool in pools.values() for e in pool.endpoints}
         self._publish(MappingProxyType(dict(pools)), states)
 
     def report_failure(self, endpoint: Endpoint, reason: str) -> None:
@@ -77,7 +84,9 @@ class FleetRegistry:
         """Probe and scrape every endpoint concurrently and publish the result."""
         endpoints = self.endpoints
         states = await asyncio.gather(*(self._probe(session, e) for e in endpoints))
-        self._publish(self._snapshot.pools, {e.name: s for e, s in zip(endpoints, states)})
+        now = {e.name: e.url for e in self.endpoints}  # the layout may have changed while we probed
+        probed = {e.name: s for e, s in zip(endpoints, states) if now.get(e.name) == e.url}
+        self._publish(self._snapshot.pools, {**self._snapshot.states, **probed})
         return self._snapshot
 
     async def run(self, session: aiohttp.ClientSession) -> None:
@@ -118,11 +127,21 @@ class FleetRegistry:
         """Every KV-event subscription's state (for metrics)."""
         return self._kv.status()
 
+    def note_adapter(self, endpoint: Endpoint, adapter: str, held: bool) -> None:
+        """The gateway loaded `adapter` on `endpoint` (held) or saw it refuse it as unknown (not held):
+        published now, and kept over a probe that began before (it could not see the change)."""
+        self._adapter_notes.setdefault(endpoint.name, {})[adapter] = (self._clock(), held)
+        state = self._snapshot.state(endpoint)
+        adapters = state.adapters | {adapter} if held else state.adapters - {adapter}
+        self._publish(self._snapshot.pools, {**self._snapshot.states, endpoint.name: replace(state, adapters=adapters)})
+
     async def _probe(self, session: aiohttp.ClientSession, endpoint: Endpoint) -> EndpointState:
         timeout = aiohttp.ClientTimeout(total=self._policy.probe_timeout_s)
-        healthy, metrics_text = await asyncio.gather(
+        started_s = self._clock()
+        healthy, metrics_text, listed = await asyncio.gather(
             self._get_ok(session, endpoint.url + "/health", timeout),
             self._get_text(session, endpoint.url + "/metrics", timeout),
+            self._adapters_listed(session, endpoint, timeout),
         )
         now_s = self._clock()
         was_healthy = self._snapshot.state(endpoint).healthy
@@ -131,8 +150,9 @@ class FleetRegistry:
         if healthy != was_healthy:
             log.warning("%s is %s", endpoint.name, "healthy again" if healthy else "unhealthy")
         load = parse_vllm_metrics(metrics_text) if metrics_text else None
+        adapters = self._with_notes(endpoint, listed | (load.lora_adapters if load else frozenset()), started_s)
         if load is None:
-            return EndpointState(healthy=healthy, scraped_at_s=now_s)
+            return EndpointState(healthy=healthy, scraped_at_s=now_s, adapters=adapters)
         return EndpointState(
             healthy=healthy,
             waiting=load.waiting,
@@ -142,7 +162,35 @@ class FleetRegistry:
             prefix_hits_tokens=load.prefix_hits_tokens,
             kv_cache_tokens=load.kv_cache_tokens,
             scraped_at_s=now_s,
+            adapters=adapters,
         )
+
+    def _with_notes(self, endpoint: Endpoint, adapters: frozenset[str], probe_started_s: float) -> frozenset[str]:
+        """What the probe saw, corrected by the gateway's own loads and refusals it could not have seen."""
+        notes = self._adapter_notes.get(endpoint.name)
+        if not notes:
+            return adapters
+        for adapter, (noted_s, held) in list(notes.items()):
+            if noted_s < probe_started_s:
+                del notes[adapter]  # the probe saw the instance after this: it knows better
+            else:
+                adapters = adapters | {adapter} if held else adapters - {adapter}
+        return adapters
+
+    async def _adapters_listed(self, session: aiohttp.ClientSession, endpoint: Endpoint,
+                               timeout: aiohttp.ClientTimeout) -> frozenset[str]:
+        """The LoRA adapters `/v1/models` lists (entries with a `parent`), for pools that use adapters."""
+        pool = self._snapshot.pools.get(endpoint.pool)
+        if pool is None or not (pool.lora_adapters or pool.runtime_lora_loading):
+            return frozenset()
+        credential = pool.upstream_authorization(os.environ)
+        try:
+            async with session.get(endpoint.url + "/v1/models", timeout=timeout,
+                                   headers={"Authorization": credential} if credential else None) as response:
+                cards = (await response.json()).get("data", []) if response.status == 200 else []
+            return frozenset(c["id"] for c in cards if isinstance(c, dict) and c.get("parent") and isinstance(c.get("id"), str))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError):
+            return frozenset()
 
     @staticmethod
     async def _get_ok(session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout) -> bool:

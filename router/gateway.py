@@ -33,16 +33,19 @@ from fleetgate.core.plan import (
     RoutePlan,
     plan_summary,
 )
-from fleetgate.core.request import InferenceRequest
+from fleetgate.core.request import PASS_THROUGH_APIS, InferenceRequest
 from fleetgate.core.usage import Usage
 from fleetgate.pools.model import Endpoint, FleetSnapshot
 from fleetgate.pools.profiles import GpuProfile
 from fleetgate.pools.registry import FleetRegistry
 from fleetgate.router.admission import QUEUED_HEADER, Admission, Option, priority_class
+from fleetgate.router.anthropic import sse_error
 from fleetgate.router.cache_replay import hit_usage, replay_body, replay_sse
 from fleetgate.router.completion_text import completion_from_body, completion_from_sse
 from fleetgate.router.ingress import parse_cache_feedback, tenant_of
+from fleetgate.router.lora import AdapterUnavailableError, LoraLoader, base_model
 from fleetgate.router.metrics import GatewayMetrics
+from fleetgate.router.passthrough import PassThroughPlanner
 from fleetgate.router.pressure import PoolPressure
 from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
 from fleetgate.router.routing.base import (
@@ -53,11 +56,14 @@ from fleetgate.router.routing.base import (
     RouteRequest,
     resends,
 )
+from fleetgate.router.telemetry import ADMISSION, CACHE, PLAN, ROUTE, UPSTREAM, RequestTelemetry, Telemetry
 from fleetgate.router.usage_stream import UsageRelay, ask_for_usage, usage_from_body
 
 log = logging.getLogger("fleetgate.gateway")
 
-_API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages",
+              "responses": "/v1/responses", "embeddings": "/v1/embeddings", "tokenize": "/tokenize",
+              "detokenize": "/detokenize"}
 _DONE = b"data: [DONE]\n\n"
 _NO_TOKENS = Usage(0, 0, 0)
 
@@ -118,6 +124,7 @@ class Gateway:
         max_attempts: int,
         resend_check_s: float,
         admission: Admission | None = None,
+        telemetry: Telemetry | None = None,
         clock: Clock = monotonic_clock,
     ) -> None:
         self.registry = registry
@@ -126,6 +133,7 @@ class Gateway:
         self.metrics = metrics
         self.cache = cache
         self.admission = admission
+        self.telemetry = telemetry or Telemetry()  # default: no spans, no access log
         self._router_factory = router_factory
         self._routers: dict[tuple[str, str], Router] = {}
         self.clock = clock
@@ -135,9 +143,16 @@ class Gateway:
         self._pressure = PoolPressure()
         metrics.watch_kv(registry)
         self._scraped_profiles: dict[str, tuple[GpuProfile, int, GpuProfile]] = {}  # see _profile
-        self._upstream_auth = {name: auth for name, pool in registry.snapshot.pools.items()  # read once: fail at start
-                               if (auth := pool.upstream_authorization(os.environ)) is not None}
+        self._upstream_auth: dict[str, str] = {}
+        self.read_upstream_keys()  # at start: an unset key variable fails the start, not a request
         self._usage_listeners: list[UsageListener] = []
+        self._passthrough = PassThroughPlanner(lambda: registry.snapshot, lambda: upstream.probe_session, self._pool_auth)
+        self._lora = LoraLoader(registry, lambda: upstream.session, self._pool_auth)
+
+    def read_upstream_keys(self) -> None:
+        """Read each pool's upstream key from the environment (at start, and when the fleet's pools change)."""
+        self._upstream_auth = {name: auth for name, pool in self.registry.snapshot.pools.items()
+                               if (auth := pool.upstream_authorization(os.environ)) is not None}
 
     def add_usage_listener(self, listener: UsageListener) -> None:
         """Call `listener(request, pool, usage)` once for every request that got an answer from a backend,
@@ -147,24 +162,36 @@ class Gateway:
 
     async def handle(self, request: InferenceRequest, raw_body: bytes, headers: Mapping[str, str]) -> GatewayResponse:
         """Serve one request; raises a GatewayError the API layer turns into an OpenAI error."""
-        plan = await self.planner.plan(request)
+        record = self.telemetry.begin(request)
+        with record.span(PLAN):
+            adapter_of = base_model(self.registry.snapshot, request.model)  # a LoRA adapter: planned as its base model
+            planned = request if adapter_of is None else replace(request, model=adapter_of)
+            plan = await (self._passthrough.plan(planned, self.planner) if request.api in PASS_THROUGH_APIS
+                          else self.planner.plan(planned))
+            record.note(rule=plan.rule, category=plan.profile.category)
         self.metrics.policy_rules.labels(plan.rule).inc()
         miss: CacheMiss | None = None
         if self.cache is not None and plan.cache_policy is not None:
-            lookup = await self.cache.lookup(request, plan)
-            outcome = {CacheHit: "hit", CacheMiss: "miss"}.get(type(lookup), "bypass")
+            with record.span(CACHE):
+                lookup = await self.cache.lookup(request, plan)
+                outcome = {CacheHit: "hit", CacheMiss: "miss"}.get(type(lookup), "bypass")
+                record.note(cache=outcome, similarity=lookup.similarity if isinstance(lookup, CacheHit) else None)
             self.metrics.cache_lookups.labels(plan.profile.category, outcome).inc()
             if isinstance(lookup, CacheHit):
-                return self._cache_hit_response(request, plan, lookup)
+                self.metrics.cache_hit_similarity.labels(plan.profile.category).observe(lookup.similarity)
+                return self._cache_hit_response(request, plan, lookup, record)
             if isinstance(lookup, CacheMiss):
                 miss = lookup
         try:
-            route_request = await self._route_request(request, plan)
-            pool, router, decision, waited_s = await self._admit(request, route_request, plan)
+            with record.span(ROUTE):
+                route_request = await self._route_request(request, plan, adapter=None if adapter_of is None else request.model)
+                pool, router, decision, waited_s = await self._admit(request, route_request, plan, record)
             forward_headers = self._upstream_headers(request, headers, pool)
             upstream_body, strip_usage = ask_for_usage(request, raw_body)
-            upstream, flight, route_reason = await self._open(request, upstream_body, forward_headers, route_request,
-                                                              pool, router, decision)
+            with record.span(UPSTREAM):
+                upstream, flight, route_reason = await self._open(request, upstream_body, forward_headers,
+                                                                  route_request, pool, router, decision)
+                record.note(instance=flight.endpoint.name, route=route_reason, upstream_status=upstream.status)
         except BaseException:
             self._release(miss)
             raise
@@ -183,9 +210,10 @@ class Gateway:
         if headers.get("x-fleetgate-debug"):
             response_headers["x-fleetgate-plan"] = plan_summary(plan)
         flight.first_byte()
+        record.first_byte(self.clock())
         if request.stream and upstream.status == 200:
             return GatewayResponse(200, response_headers, content_type=upstream.content_type,
-                                   stream=self._relay(request, upstream, flight, miss, strip_usage))
+                                   stream=self._relay(request, upstream, flight, miss, strip_usage, record))
         try:
             body = await upstream.read_all()
         except BaseException as error:
@@ -196,10 +224,17 @@ class Gateway:
         finally:
             upstream.close()
         flight.finish(ok=upstream.status < 400, status=upstream.status)
-        usage = usage_from_body(body) if upstream.status < 400 else _NO_TOKENS  # vLLM refuses before any work
-        self._account(request, flight.pool, usage or Usage(request.prompt_tokens, 0, 0))
+        usage = usage_from_body(body, request.api) if upstream.status < 400 else _NO_TOKENS  # vLLM refuses before any work
+        spent = usage or Usage(request.prompt_tokens, 0, 0)
+        self._account(request, flight.pool, spent)
+        record.finish(upstream.status, spent)
         await self._store(miss, completion_from_body(request.api, body) if upstream.status == 200 else None, usage)
         return GatewayResponse(upstream.status, response_headers, body=body, content_type=upstream.content_type)
+
+    def _pool_auth(self, pool: str) -> dict[str, str]:
+        """The header carrying `pool`'s own key (fleet file `api_key_env`), for the gateway's own calls."""
+        credential = self._upstream_auth.get(pool)
+        return {"Authorization": credential} if credential is not None else {}
 
     def _upstream_headers(self, request: InferenceRequest, headers: Mapping[str, str], pool: str) -> dict[str, str]:
         """What the instance is sent: the pool's own key (fleet file `api_key_env`), or the client's
@@ -220,7 +255,7 @@ class Gateway:
             router = self._routers[key] = self._router_factory(name, **dict(params))
         return router
 
-    async def _route_request(self, request: InferenceRequest, plan: RoutePlan) -> RouteRequest:
+    async def _route_request(self, request: InferenceRequest, plan: RoutePlan, *, adapter: str | None) -> RouteRequest:
         kv_pool = next((pool for pool in plan.pools if self.registry.kv_live(pool)), None)
         # Tokenizing a long prompt takes milliseconds (170 ms at 32k tokens with a real tokenizer):
         # off the event loop, and only where a pool publishes KV events.
@@ -236,10 +271,11 @@ class Gateway:
             category=plan.profile.category,
             stream=request.stream,
             kv_hashes=kv_hashes,  # for the first pool with a live precise-mode instance: the plan's pools serve one model
+            adapter=adapter,
         )
 
-    async def _admit(self, request: InferenceRequest, route_request: RouteRequest,
-                     plan: RoutePlan) -> tuple[str, Router, RouteDecision, float]:
+    async def _admit(self, request: InferenceRequest, route_request: RouteRequest, plan: RoutePlan,
+                     record: RequestTelemetry) -> tuple[str, Router, RouteDecision, float]:
         """Route now, or wait in the pools' admission queue and be routed again when it is this
         request's turn (the fleet changed meanwhile); with the seconds waited."""
         if self.admission is None:
@@ -250,13 +286,17 @@ class Gateway:
                 routed = self._route(route_request, plan)
                 return Option(routed, routed[2].estimated_ttft_s)
 
-            admitted = await self.admission.admit(
-                plan.pools, tenant=request.tenant, priority=priority_class(request.priority, plan.priority),
-                tokens=route_request.prompt_tokens + route_request.expected_output_tokens, slo_s=plan.ttft_slo_s,
-                arrival_s=request.arrival_s, probe=probe)
+            with record.span(ADMISSION):
+                admitted = await self.admission.admit(
+                    plan.pools, tenant=request.tenant, priority=priority_class(request.priority, plan.priority),
+                    tokens=route_request.prompt_tokens + route_request.expected_output_tokens, slo_s=plan.ttft_slo_s,
+                    arrival_s=request.arrival_s, probe=probe)
+                record.note(queued_ms=round(admitted.waited_s * 1e3, 1))
             (pool, router, decision), waited_s = admitted.route, admitted.waited_s
         reason = f"{decision.reason}+spill" if plan.pools_ranked and pool != plan.pools[0] else decision.reason
         self.metrics.route_decisions.labels(pool, plan.router, reason).inc()  # the decision acted on, not each probe
+        record.note(pool=pool, instance=decision.chosen.name, route=reason,
+                    estimated_ttft_ms=None if decision.estimated_ttft_s is None else round(decision.estimated_ttft_s * 1e3, 1))
         return pool, router, decision, waited_s
 
     def _route(self, route_request: RouteRequest, plan: RoutePlan) -> tuple[str, Router, RouteDecision]:
@@ -270,11 +310,15 @@ class Gateway:
         best: tuple[tuple[float, float], str, Router, RouteDecision] | None = None
         for pool in plan.pools:
             healthy = snapshot.healthy(pool)
+            if plan.instances is not None:
+                healthy = tuple(e for e in healthy if e.name in plan.instances)
             if not healthy:
                 continue
             router = self.router_for(pool, plan.router, plan.router_params)
             views = self._views(snapshot, healthy)
             decision = router.route(route_request, views, self.clock())
+            if route_request.adapter is not None:
+                decision = self._lora.prefer_holders(route_request.adapter, decision, views)
             estimate_s = decision.estimated_ttft_s if decision.estimated_ttft_s is not None else 0.0
             rank = (estimate_s, sum(v.load for v in views) / len(views))  # routers without estimates: least load
             if best is None or rank < best[0]:
@@ -336,8 +380,11 @@ class Gateway:
             flight = _Flight(self, self._local, router, route_request, request, endpoint, pool,
                              decision.estimated_ttft_s if attempts == 1 else None)  # estimates are for the chosen one
             try:
-                upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request,
-                                                         pool, resender, endpoint)
+                upstream, moved = await self._first_byte_with_adapter(request, raw_body, forward_headers, route_request,
+                                                                      pool, resender, endpoint)
+            except AdapterUnavailableError:
+                flight.finish(ok=False, error_kind="lora-unavailable")
+                raise
             except UpstreamError as error:
                 self.registry.report_failure(endpoint, str(error))
                 flight.finish(ok=False, error_kind="timeout" if error.status == 504 else "refused")
@@ -356,6 +403,24 @@ class Gateway:
             return upstream, flight, reason
         assert last_error is not None
         raise last_error
+
+    async def _first_byte_with_adapter(
+        self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
+        route_request: RouteRequest, pool: str, resender: ResendingRouter | None, endpoint: Endpoint,
+    ) -> tuple[UpstreamResponse | None, RouteDecision | None]:
+        """`_first_byte`, with the request's LoRA adapter loaded at `endpoint` first (router/lora.py), and
+        loaded again, once, when the instance refuses it as unknown (unloaded since the registry looked)."""
+        adapter = route_request.adapter
+        if adapter is None:
+            return await self._first_byte(request, raw_body, forward_headers, route_request, pool, resender, endpoint)
+        await self._lora.ready(endpoint, adapter)
+        upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request, pool, resender, endpoint)
+        if upstream is not None and upstream.status == 404:
+            upstream.close()
+            await self._lora.ready(endpoint, adapter, lost=True)
+            upstream, moved = await self._first_byte(request, raw_body, forward_headers, route_request, pool, resender,
+                                                     endpoint)
+        return upstream, moved
 
     async def _first_byte(
         self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
@@ -385,14 +450,16 @@ class Gateway:
             raise
 
     async def _relay(self, request: InferenceRequest, upstream: UpstreamResponse, flight: "_Flight",
-                     miss: CacheMiss | None, strip_usage: bool) -> AsyncGenerator[bytes, None]:
+                     miss: CacheMiss | None, strip_usage: bool,
+                     record: RequestTelemetry) -> AsyncGenerator[bytes, None]:
         """Pass SSE bytes through as they come, but for the usage the client did not ask for
         (usage_stream.py); a failure after the first byte becomes an SSE error event and a clean
         end. Closing this generator (client gone) closes the upstream request."""
         kept: list[bytes] | None = [] if miss is not None else None
-        relay = UsageRelay(strip=strip_usage)
+        relay = UsageRelay(strip=strip_usage, api=request.api)
         ok = False
         error_kind = "client-gone"
+        record.stream_started()
         try:
             async for chunk in upstream.chunks():
                 flight.chunk(chunk)
@@ -406,13 +473,15 @@ class Gateway:
         except UpstreamError as error:
             error_kind = "broken"
             self.registry.report_failure(flight.endpoint, str(error))
-            yield relay.flush() + b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE
+            yield relay.flush() + (sse_error(error) if request.api == "messages"
+                                   else b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE)
         finally:
             upstream.close()
             flight.finish(ok=ok, error_kind=None if ok else error_kind)
             # without a usage event (cut, client gone, a backend that ignores include_usage): what is known
             known = Usage(request.prompt_tokens, max(0, relay.events - (request.api == "chat")), 0)
             self._account(request, flight.pool, relay.usage or known)
+            record.finish(200, relay.usage or known, error=None if ok else error_kind)
             if not ok:
                 self._release(miss)
         if ok and kept is not None:
@@ -447,7 +516,10 @@ class Gateway:
             self.cache.release(miss)
 
     def observe_ttft(self, pool: str, ttft_s: float, slo_s: float | None) -> None:
-        """Feed the pool-pressure signal that makes the cache relax for pools over their SLO."""
+        """Count the TTFT SLO met or missed, and feed the pool-pressure signal that makes the cache relax for
+        pools over their SLO."""
+        if slo_s is not None:
+            self.metrics.count_slo(pool, ttft_s <= slo_s)
         if slo_s is None or self.cache is None:
             return
         changed = self._pressure.observe(pool, ttft_s, slo_s)
@@ -466,7 +538,8 @@ class Gateway:
             raise CacheHitNotFoundError("no cache hit served to this API key has that request_id (or it is too old)",
                                         param="request_id")
 
-    def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit) -> GatewayResponse:
+    def _cache_hit_response(self, request: InferenceRequest, plan: RoutePlan, hit: CacheHit,
+                            record: RequestTelemetry) -> GatewayResponse:
         headers = {"x-request-id": request.request_id, "x-fleetgate-pool": "cache",
                    "x-fleetgate-instance": "semantic-cache", "x-fleetgate-route": "cache-hit",
                    "x-fleetgate-rule": plan.rule, "x-fleetgate-cache": "hit",
@@ -477,6 +550,8 @@ class Gateway:
         usage = hit_usage(request, hit)
         hit = replace(hit, usage=usage)  # the replay reports what is counted, computed once
         self.metrics.count_saved(request, usage)
+        record.note(pool="cache", instance="semantic-cache", route="cache-hit")
+        record.finish(200, usage)
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))

@@ -15,6 +15,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     _add_report(commands)
     _add_bench(bench)
     _add_bench_peers(bench)
+    _add_bench_replicas(bench)
 
 
 def _add_replay(commands: argparse._SubParsersAction) -> None:
@@ -148,6 +149,123 @@ def _add_bench_peers(bench: argparse._SubParsersAction) -> None:
                         help="bound on one replay, wall seconds; requests still open then count as failed (default 900)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/peers-<time>)")
     parser.set_defaults(func=_bench_peers)
+
+
+def _add_bench_replicas(bench: argparse._SubParsersAction) -> None:
+    from fleetgate.core.defaults import DEFAULT_GPU
+    from fleetgate.loadgen.replicas import MODES, ROUTERS
+
+    parser = bench.add_parser(
+        "replicas",
+        help="do gateway replicas route as one? prefix hit ratio, SLO attainment and per-instance share "
+             "at 1, 2, 4 replicas, for DualMap and cache-aware; and gateway requests/s by replica count",
+        description=(
+            "For each router and replica count: a fresh emulated fleet, that many gateway replicas, the same "
+            "trace window at the same offered load spread over them, the engines' prefix-cache counters before and "
+            "after. --mode processes (default): bare gateway processes, request i to replica i mod N (a fixed split, "
+            "no proxy in the comparison); --mode serve: one `fleetgate serve --replicas N` (Ray Serve picks the "
+            "replica). Prints the table (medians of --runs) and, with --throughput-seconds, requests/s of small "
+            "requests against a fast fleet per replica count. Example: fleetgate bench replicas --replicas 1,2,4 "
+            "--trace ../shared/traces/mooncake/synthetic_trace.jsonl --requests 400 --out runs/replicas.json"
+        ),
+    )
+    parser.add_argument("--replicas", default="1,2,4", help="replica counts, comma separated (default %(default)s)")
+    parser.add_argument("--routers", default=",".join(ROUTERS), help="Fleetgate routers (default %(default)s; "
+                        "--routers= (none) with --throughput-seconds: the throughput curve only)")
+    parser.add_argument("--mode", choices=MODES, default="processes", help="bare processes behind a client-side "
+                        "round robin, or Ray Serve replicas (default %(default)s)")
+    parser.add_argument("--trace", default="../shared/traces/mooncake/synthetic_trace.jsonl",
+                        help="Mooncake-format trace (default %(default)s)")
+    parser.add_argument("--window-start", type=float, default=0.0, metavar="S", help="window start, trace seconds")
+    parser.add_argument("--requests", type=int, default=400, metavar="N", help="window length (default 400)")
+    parser.add_argument("--rate-scale", type=float, default=1.0, help="offered load: trace rate times X (default 1)")
+    parser.add_argument("--slo-ttft-ms", type=float, default=DEFAULT_TTFT_SLO_MS, help="TTFT SLO (default %(default)s)")
+    parser.add_argument("--instances", type=int, default=8, help="emulated instances, one pool (default 8)")
+    parser.add_argument("--gpu", default=DEFAULT_GPU, help="GPU profile (default %(default)s)")
+    parser.add_argument("--model", default="llama-3.1-8b", help="model the emulated instances serve")
+    parser.add_argument("--time-scale", type=float, default=2.0, help="wall seconds per emulated second "
+                        "(default 2: the fleet at half speed, so router CPU on a small machine does not distort it)")
+    parser.add_argument("--no-kv-events", dest="kv_events", action="store_false",
+                        help="the emulated instances publish no KV events (the routers' approximate mode)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per cell; medians are shown (default 1)")
+    parser.add_argument("--throughput-seconds", type=float, default=0.0, metavar="S",
+                        help="also measure requests/s per replica count, S seconds per run (default 0: skip)")
+    parser.add_argument("--throughput-clients", type=int, default=64, help="closed-loop clients (default 64)")
+    parser.add_argument("--throughput-runs", type=int, default=3, help="throughput runs per replica count; the "
+                        "median is shown (default 3)")
+    parser.add_argument("--start-timeout-s", type=float, default=300.0, help="bound on a fleet's or gateway's start")
+    parser.add_argument("--run-timeout-s", type=float, default=900.0, help="bound on one replay, wall seconds")
+    parser.add_argument("--out", type=Path, default=None, help="write the table and runs as JSON to FILE; run "
+                        "folders go beside it (default: runs/replicas-<time>/)")
+    parser.set_defaults(func=_bench_replicas)
+
+
+def _bench_replicas(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from fleetgate.loadgen.peers import select_window
+    from fleetgate.loadgen.replica_throughput import markdown_table as throughput_table
+    from fleetgate.loadgen.replica_throughput import run_throughput
+    from fleetgate.loadgen.replicas import (
+        ReplicaBenchConfig,
+        cells,
+        markdown_table,
+        run_replica_bench,
+        verdict,
+        write_results,
+    )
+    from fleetgate.loadgen.traces import read_trace
+    from fleetgate.pools.emulator.local import EmulatedPoolSpec
+    from fleetgate.pools.profiles import get_profile
+
+    try:
+        counts = [int(x) for x in args.replicas.split(",") if x.strip()]
+        routers = [x.strip() for x in args.routers.split(",") if x.strip()]
+        if not counts or min(counts) < 1:
+            raise ValueError("--replicas needs counts of at least 1, e.g. 1,2,4")
+        from fleetgate.router.routing.registry import ROUTER_NAMES
+
+        unknown = [r for r in routers if r not in ROUTER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown router {unknown[0]!r}; known: {', '.join(ROUTER_NAMES)}")
+        pool = EmulatedPoolSpec("bench", args.model, args.gpu, args.instances)
+        max_model_len = get_profile(pool.gpu).max_model_len
+    except (ValueError, KeyError) as error:
+        print(f"fleetgate bench replicas: {error}", file=sys.stderr)
+        return 2
+    window, refused = select_window(read_trace(args.trace, "mooncake").requests, start_s=args.window_start,
+                                    count=args.requests, duration_s=None, max_model_len=max_model_len)
+    if not window:
+        print("fleetgate bench replicas: the trace window holds no servable request", file=sys.stderr)
+        return 1
+    out_file = args.out or Path("runs") / time.strftime("replicas-%Y%m%d-%H%M%S") / "results.json"
+    config = ReplicaBenchConfig(
+        requests=window, pool=pool, time_scale=args.time_scale, ttft_slo_ms=args.slo_ttft_ms,
+        rate_scale=args.rate_scale, out_dir=out_file.parent / (out_file.stem + "-runs"), mode=args.mode,
+        kv_events=args.kv_events, start_timeout_s=args.start_timeout_s, run_timeout_s=args.run_timeout_s,
+        trace_meta={"trace": str(args.trace), "window_start_s": args.window_start,
+                    "window_span_s": window[-1].arrival_s, "refused_over_context": refused},
+    )  # fmt: skip
+    print(f"{len(window)} requests over {window[-1].arrival_s:.0f} trace seconds x{args.rate_scale:g}; "
+          f"{pool.count} x {pool.gpu}; {args.mode}; replicas {counts}; routers {routers}; {args.runs} run(s)",
+          flush=True)
+    rows = run_replica_bench(routers, counts, args.runs, config,
+                             on_run=lambda r: print(f"  {r.router} x{r.replicas} run {r.run}: {r.status} "
+                                                    f"hit {r.hit_ratio}", file=sys.stderr, flush=True))
+    if rows:  # none with --routers=: the throughput curve only
+        summary = cells(rows)
+        print("\n" + markdown_table(summary) + "\n\n" + verdict(summary))
+    points = None
+    if args.throughput_seconds > 0:
+        points = run_throughput(counts, mode=args.mode, pool=pool, clients=args.throughput_clients,
+                                seconds=args.throughput_seconds, runs=args.throughput_runs, out_dir=config.out_dir,
+                                start_timeout_s=args.start_timeout_s)
+        print(f"\ngateway throughput ({args.throughput_clients} closed-loop clients, 2-token answers, fleet "
+              f"1000x faster than {pool.gpu}):\n" + throughput_table(points))
+    written = write_results(out_file, rows, config, [p.as_dict() for p in points] if points else None)
+    print(f"\nresults: {written}")
+    return 0 if all(r.summary is not None for r in rows) else 1
 
 
 def _bench_peers(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ fleet replaced by the emulated one and a free port, so the shipped config is wha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,11 @@ from fleetgate.app.commands.serve import command_settings
 from fleetgate.app.settings import ServeCommandSettings
 
 SERVE_YAML = Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml"
+
+# Autoscaling tests (test_serve_autoscale.py) see load within a second, not after Ray's default 10 s
+# metric pushes; read by Ray's processes when they start, so set before the session's Ray.
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")
