@@ -2,10 +2,12 @@
 
 A background task per process (`run`) probes every instance's `/health` and scrapes its `/metrics`
 every `probe_interval_s`, then publishes a new `FleetSnapshot`; the request path only reads
-`snapshot`, never waits on a probe. Passive health: the proxy reports a failed instance
-(`report_failure`) and it is ejected at once, for at least `eject_cooldown_s`; it is re-admitted
-by the first successful probe after that. With the defaults a dead instance is out within one
-failed request, or within one probe interval (0.5 s) when no request hits it.
+`snapshot`, never waits on a probe. Passive health (pools/outliers.py): the gateway reports each
+attempt's outcome (`admit`, `report_failure`, `report_success`, `back_off`); consecutive failures, a
+refused connection or a latency outlier eject an instance for `eject_cooldown_s`, doubling on repeat.
+A probe re-admits it after that (half-open: one trial request, then closed or ejected for longer). With
+the defaults a dead instance is out within one refused request, or within one probe interval (0.5 s)
+when no request hits it.
 
 Precise mode: for every endpoint with `kv_events` the run loop also keeps a subscription to its
 KV-cache events (pools/kv_events.py); `kv_view` hands routers that instance's exact cache
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -28,6 +30,7 @@ from fleetgate.core.request import InferenceRequest
 from fleetgate.pools.kv_events import InstanceKvBlocks, KvStatus, KvSubscriptions
 from fleetgate.pools.kv_keys import kv_hashes, prompt_keys
 from fleetgate.pools.model import Endpoint, EndpointState, FleetSnapshot, Pool
+from fleetgate.pools.outliers import OutlierDetector, OutlierPolicy
 from fleetgate.pools.scrape import parse_vllm_metrics
 
 log = logging.getLogger("fleetgate.pools")
@@ -37,7 +40,8 @@ log = logging.getLogger("fleetgate.pools")
 class HealthPolicy:
     probe_interval_s: float
     probe_timeout_s: float
-    eject_cooldown_s: float
+    eject_cooldown_s: float  # the first ejection's length; repeats double it (outliers.max_ejection_s caps)
+    outliers: OutlierPolicy = field(default_factory=OutlierPolicy)
 
 
 _NOT_YET_PROBED = EndpointState(healthy=False)
@@ -50,7 +54,7 @@ class FleetRegistry:
                  policy: HealthPolicy) -> None:
         self._clock = clock
         self._policy = policy
-        self._ejected_until_s: dict[str, float] = {}
+        self.outliers = OutlierDetector(policy.outliers, policy.eject_cooldown_s, clock)
         self._snapshot = FleetSnapshot(version=0, pools=MappingProxyType(dict(pools)))
         self._kv = KvSubscriptions(clock=clock)
         self._adapter_notes: dict[str, dict[str, tuple[float, bool]]] = {}  # endpoint -> adapter -> (when, held)
@@ -71,14 +75,50 @@ class FleetRegistry:
                   else _NOT_YET_PROBED for pool in pools.values() for e in pool.endpoints}
         self._publish(MappingProxyType(dict(pools)), states)
 
-    def report_failure(self, endpoint: Endpoint, reason: str) -> None:
-        """Passive health: the proxy saw `endpoint` fail; eject it now."""
-        now_s = self._clock()
-        self._ejected_until_s[endpoint.name] = now_s + self._policy.eject_cooldown_s
-        state = self._snapshot.state(endpoint)
-        if state.healthy:
+    def admit(self, endpoint: Endpoint) -> bool:
+        """Whether an attempt may go to `endpoint` now: not ejected nor backing off, and for a half-open
+        instance, the one trial (hidden from routing until it is answered)."""
+        admitted = self.outliers.admit(endpoint.name, endpoint.pool)
+        if admitted and self.outliers.trial_in_flight(endpoint.name):
+            self._set_healthy(endpoint, False)
+        return admitted
+
+    def report_failure(self, endpoint: Endpoint, kind: str) -> None:
+        """Passive health: an attempt at `endpoint` failed (`kind`: refused, timeout, 5xx, broken); a refused
+        connection ejects at once, other kinds after `consecutive_failures` in a row."""
+        reason = self.outliers.failure(endpoint.name, endpoint.pool, refused=kind == "refused")
+        if reason is not None:
+            log.warning("ejecting %s (%s, last: %s)", endpoint.name, reason, kind)
+            self._set_healthy(endpoint, False)
+
+    def abandon(self, endpoint: Endpoint) -> None:
+        """An attempt at `endpoint` ended with no verdict (client gone, re-sent): a half-open trial is freed."""
+        if self.outliers.abandon(endpoint.name):
+            self._set_healthy(endpoint, True)
+
+    def report_success(self, endpoint: Endpoint, first_byte_s: float | None, *, complete: bool = True) -> None:
+        """An attempt at `endpoint` got its first byte (`first_byte_s`: how long it took, for streams), or a
+        stream ended cleanly; a stream's first byte is not `complete` (it may still be cut: a failure)."""
+        was_trial = self.outliers.trial_in_flight(endpoint.name)
+        pool = self._snapshot.pools.get(endpoint.pool)
+        members = tuple(e.name for e in pool.endpoints) if pool is not None else ()
+        reason = self.outliers.success(endpoint.name, endpoint.pool, first_byte_s, members, complete=complete)
+        if reason is not None:
             log.warning("ejecting %s (%s)", endpoint.name, reason)
-            self._publish(self._snapshot.pools, {**self._snapshot.states, endpoint.name: replace(state, healthy=False)})
+            self._set_healthy(endpoint, False)
+        elif was_trial:
+            self._set_healthy(endpoint, True)
+
+    def back_off(self, endpoint: Endpoint, seconds: float) -> None:
+        """The instance asked (429/503 with Retry-After) for no requests for `seconds`."""
+        self.outliers.back_off(endpoint.name, endpoint.pool, seconds)
+        log.warning("%s backing off for %.1fs (Retry-After)", endpoint.name, seconds)
+        self._set_healthy(endpoint, False)
+
+    def _set_healthy(self, endpoint: Endpoint, healthy: bool) -> None:
+        state = self._snapshot.state(endpoint)
+        if state.healthy != healthy:
+            self._publish(self._snapshot.pools, {**self._snapshot.states, endpoint.name: replace(state, healthy=healthy)})
 
     async def refresh(self, session: aiohttp.ClientSession) -> FleetSnapshot:
         """Probe and scrape every endpoint concurrently and publish the result."""
@@ -145,8 +185,8 @@ class FleetRegistry:
         )
         now_s = self._clock()
         was_healthy = self._snapshot.state(endpoint).healthy
-        if healthy and self._ejected_until_s.get(endpoint.name, 0.0) > now_s:
-            healthy = False  # still cooling down after a passive ejection
+        if healthy and (self.outliers.out(endpoint.name) or self.outliers.trial_in_flight(endpoint.name)):
+            healthy = False  # still ejected or backing off, or its half-open trial is not answered yet
         if healthy != was_healthy:
             log.warning("%s is %s", endpoint.name, "healthy again" if healthy else "unhealthy")
         load = parse_vllm_metrics(metrics_text) if metrics_text else None

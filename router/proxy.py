@@ -5,18 +5,58 @@ has arrived, so the caller can still try another instance when this one refuses,
 5xx or hangs; after that, `chunks()` relays the rest as it comes. Timeouts are ours and per phase
 (connect, first byte, idle between chunks); there is deliberately no end-to-end cap, which would
 cut long streams. Closing an `UpstreamResponse` closes its connection, which is how vLLM learns
-that the client went away and aborts the generation.
+that the client went away and aborts the generation. A failed `open()` says what kind of failure it
+was and whether the instance may have acted on the body (the gateway's retry rules need both), and a
+429/503 with Retry-After says how long the instance asked to be left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 
 from fleetgate.core.errors import UpstreamError, UpstreamTimeoutError
+
+REFUSED, TIMEOUT, STATUS_5XX, BROKEN, BUSY = "refused", "timeout", "5xx", "broken", "busy"
+_BUSY_STATUSES = (429, 503)
+
+
+class UpstreamAttemptError(UpstreamError):
+    """One attempt failed before its first byte. `kind`: refused (no connection), timeout (connect or first
+    byte: we closed it, which aborts the work), 5xx (an answer: vLLM refuses before doing any work), broken
+    (the connection broke after the body was written: the instance may have acted on it), busy (429/503 with
+    Retry-After: `retry_after_s`, passed to the client as is when no other instance can take the request)."""
+
+    def __init__(self, message: str, kind: str, *, status: int = 502, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.may_have_acted = kind == BROKEN
+        self.status = status
+        self.retry_after_s = retry_after_s
+        if kind == TIMEOUT:
+            self.code = UpstreamTimeoutError.code
+        elif kind == BUSY:
+            self.error_type, self.code = "service_unavailable_error", "upstream_busy"
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After in seconds (RFC 9110: delay-seconds; an HTTP date is not honoured), None when absent or bad."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 and math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,28 +149,36 @@ class UpstreamClient:
         self._session = self._probe_session = None
 
     async def open(self, url: str, body: bytes, headers: Mapping[str, str], *, stream: bool) -> UpstreamResponse:
-        """POST `body` to `url` and wait for the first chunk. Raises `UpstreamError` (retryable)
-        when the instance is unreachable, answers 5xx, or sends nothing in time; a 4xx answer is
-        returned like a success, since another instance would refuse the same request."""
+        """POST `body` to `url` and wait for the first chunk. Raises `UpstreamAttemptError` when the
+        instance is unreachable, answers 5xx or 429/503 with Retry-After, breaks the connection, or sends
+        nothing in time; any other 4xx answer is returned like a success, since another instance would
+        refuse the same request."""
         limit_s = self.timeouts.first_byte_s if stream else self.timeouts.nonstream_response_s
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(limit_s):
                 response = await self.session.post(url, data=body, headers=headers)
                 first_chunk = await response.content.readany()
-        except TimeoutError:
+        except TimeoutError:  # ours, or aiohttp's connect timeout (a TimeoutError too)
             if response is not None:
                 response.close()
-            raise UpstreamTimeoutError(f"no answer from the instance within {limit_s:.0f}s") from None
+            raise UpstreamAttemptError(f"no answer from the instance within {limit_s:.0f}s", TIMEOUT, status=504) from None
+        except aiohttp.ClientConnectorError as error:
+            raise UpstreamAttemptError(f"instance unreachable: {error.__class__.__name__}", REFUSED) from None
         except (aiohttp.ClientError, OSError) as error:
             if response is not None:
                 response.close()
-            raise UpstreamError(f"instance unreachable: {error.__class__.__name__}") from None
+            raise UpstreamAttemptError(f"instance broke the connection: {error.__class__.__name__}", BROKEN) from None
         except BaseException:  # cancelled (client gone, or the request is re-sent elsewhere)
             if response is not None:
                 response.close()
             raise
+        wait_s = retry_after_s(response.headers.get("Retry-After")) if response.status in _BUSY_STATUSES else None
+        if wait_s is not None:
+            response.close()
+            raise UpstreamAttemptError(f"instance busy (HTTP {response.status}); retry after {wait_s:.0f}s", BUSY,
+                                       status=response.status, retry_after_s=wait_s)
         if response.status >= 500:
             response.close()
-            raise UpstreamError(f"instance answered HTTP {response.status}")
+            raise UpstreamAttemptError(f"instance answered HTTP {response.status}", STATUS_5XX)
         return UpstreamResponse(response, first_chunk, self.timeouts.idle_s)

@@ -79,11 +79,13 @@ from fleetgate.pools.profiles import GpuProfile, get_profile
 
 log = logging.getLogger("fleetgate.emulator")
 
-FAULT_MODES = ("ok", "hang", "reset")
+FAULT_MODES = ("ok", "hang", "reset", "slow:N", "retry-after:N")
 """Test-only failure modes, besides an HTTP status ("503", "500", "429", ...) that inference
 endpoints and /health answer with: "hang" accepts inference requests and never sends a byte
 (health stays 200, as a wedged engine does); "reset" closes the connection after the first
-streamed chunk (or before a non-streamed answer)."""
+streamed chunk (or before a non-streamed answer); "slow:N" makes every engine step take N times
+as long (a latency outlier; 1 <= N <= 1000); "retry-after:N" answers generation requests 503 with
+`Retry-After: N` for the next N seconds, then serves again (an overloaded engine; health stays 200)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,9 +125,19 @@ class _Pending:
 
 def _parse_fault(mode: object) -> str:
     text = str(mode)
-    if text in FAULT_MODES or (text.isdigit() and 400 <= int(text) <= 599):
+    if text in ("ok", "hang", "reset") or (text.isdigit() and 400 <= int(text) <= 599):
+        return text
+    name, _, value = text.partition(":")
+    if name == "slow" and 1 <= _number(value) <= 1000 or name == "retry-after" and value.isdigit() and 1 <= int(value) <= 3600:
         return text
     raise ValueError(f"unknown fault mode {mode!r}; use one of {', '.join(FAULT_MODES)} or an HTTP status 400-599")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 class EmulatorServer:
@@ -171,6 +183,7 @@ class EmulatorServer:
                                        enable_prefix_caching=enable_prefix_caching)
         self.fault = _parse_fault(fail_with_status) if fail_with_status else ("hang" if hang_before_first_byte else "ok")
         self._clock = clock
+        self._busy_until_s = 0.0  # "retry-after:N": until then (wall clock), generation answers 503
         self._wall0 = clock()
         self._engine_end_s = 0.0
         self._pending: dict[str, _Pending] = {}
@@ -272,6 +285,8 @@ class EmulatorServer:
                 self.kv_events.flush()
             end_s = start_s + out.duration_s
             self._engine_end_s = end_s
+            if self.fault.startswith("slow:"):  # the step takes N times as long: emulated time runs slower
+                self._wall0 += out.duration_s * self.time_scale * (float(self.fault[5:]) - 1)
             delay = self._wall0 + end_s * self.time_scale - self._clock()
             await asyncio.sleep(delay if delay > 0 else 0)
             self._deliver(out, end_s)
@@ -311,6 +326,10 @@ class EmulatorServer:
             return _not_served()
         if fault.isdigit():
             return _error(f"emulated failure (fault mode {fault})", int(fault), kind=kind)
+        if fault.startswith("retry-after:") and self._clock() < self._busy_until_s:
+            busy = _error("emulated overload: retry later", 503, kind=kind)
+            busy.headers["Retry-After"] = fault.partition(":")[2]
+            return busy
         responses: ResponsesJob | None = None
         try:
             raw = await request.read()
@@ -600,6 +619,8 @@ class EmulatorServer:
     async def _admin_fault(self, request: web.Request) -> web.Response:
         try:
             self.fault = _parse_fault(orjson.loads(await request.read()).get("mode"))
+            if self.fault.startswith("retry-after:"):
+                self._busy_until_s = self._clock() + int(self.fault.partition(":")[2])
         except (ValueError, AttributeError) as exc:
             return _error(str(exc), 400)
         log.info("%s fault mode -> %s", self.url, self.fault)
