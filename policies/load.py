@@ -121,12 +121,14 @@ def check_text(
     fleet_path: str | Path | None = None,
 ) -> tuple[LoadedPolicy | None, list[Finding]]:
     """Every finding for a policy text (never raises); the policy too when there is no error."""
-    index = _line_index(text)
     try:
+        index = _line_index(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return None, [Finding("error", "", f"not valid YAML: {getattr(exc, 'problem', exc)}", mark.line + 1 if mark else None)]
+    except RecursionError:  # PyYAML composes recursively: a deeply nested document would crash the reload
+        return None, [Finding("error", "", "not valid YAML: nested too deeply")]
     if not isinstance(data, dict):
         return None, [Finding("error", "", "the document must be a mapping (version:, rules:, ...)")]
     try:

@@ -16,6 +16,7 @@ from fleetgate.core.errors import InvalidRequestError
 from fleetgate.core.responses import chat_messages
 from fleetgate.core.request import ApiKind, InferenceRequest
 from fleetgate.router.keys import KeyEntry
+from fleetgate.router.limits import check_depth
 
 
 def _require(condition: bool, message: str, param: str) -> None:
@@ -67,6 +68,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as error:
         raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
     _require(isinstance(body, dict), "request body must be a JSON object", "body")
+    check_depth(body)
     return body
 
 
@@ -121,7 +123,8 @@ def parse_inference_request(
         messages = tuple(openai_messages(body))
         tools = openai_tools(tools)
     elif api == "responses":
-        _require(isinstance(body.get("input"), (str, list)), "'input' is required: a string or a list of items", "input")
+        _require(isinstance(body.get("input"), str) or (isinstance(body.get("input"), list) and body["input"] != []),
+                 "'input' is required: a string or a non-empty list of items", "input")
         _require(body.get("previous_response_id") is None or isinstance(body["previous_response_id"], str),
                  "'previous_response_id' must be a string", "previous_response_id")
         messages, tools = tuple(chat_messages(body)), None  # its tools are Responses tools: forwarded, not rendered

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncGenerator
 
-import pytest
-
 from fleetgate.app.api import _to_http
 from fleetgate.router.gateway import GatewayResponse
 
@@ -45,9 +43,9 @@ async def test_a_send_that_fails_because_the_client_left_closes_the_generator() 
         if sent == 3:
             raise OSError("client gone")
 
-    with pytest.raises(Exception):  # Starlette turns the OSError into ClientDisconnect
-        await _to_http(GatewayResponse(200, {}, stream=stream))({"type": "http", "asgi": {"spec_version": "2.4"}},
-                                                                never_disconnects, send)
+    # Starlette turns the OSError into ClientDisconnect; the response ends quietly (nobody to tell)
+    await _to_http(GatewayResponse(200, {}, stream=stream), 30.0)({"type": "http", "asgi": {"spec_version": "2.4"}},
+                                                            never_disconnects, send)
     assert relay.closed and stream.ag_frame is None
 
 
@@ -67,6 +65,6 @@ async def test_a_disconnect_while_send_waits_closes_the_generator() -> None:
         await sending.wait()
         return {"type": "http.disconnect"}
 
-    await _to_http(GatewayResponse(200, {}, stream=stream))({"type": "http", "asgi": {"spec_version": "2.0"}},
+    await _to_http(GatewayResponse(200, {}, stream=stream), 30.0)({"type": "http", "asgi": {"spec_version": "2.0"}},
                                                             receive, send)
     assert relay.closed and stream.ag_frame is None
