@@ -17,14 +17,16 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Prot
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from fleetgate.app.admin_access import AdminAccess
+from fleetgate.app.head_limit import HeadLimit
 from fleetgate.app.logs import current_request_id
+from fleetgate.app.openapi import openapi_document
 from fleetgate.app.drain import CountInFlight, Drain
 from fleetgate.core.errors import (
     GatewayError,
@@ -40,6 +42,8 @@ from fleetgate.router.anthropic import with_bearer
 from fleetgate.router.frontdoor import FrontDoor
 from fleetgate.router.gateway import Gateway, GatewayResponse
 from fleetgate.router.ingress import parse_inference_request
+from fleetgate.router.limits import ClientGoneError, RequestTimeoutError
+from fleetgate.router.limits import request_id as sanitised_request_id
 
 log = logging.getLogger("fleetgate.api")
 
@@ -51,6 +55,9 @@ class GatewayRuntime(Protocol):
     front_door: FrontDoor
     admin_token: str | None
     max_body_bytes: int
+    max_header_bytes: int
+    body_read_timeout_s: float
+    send_timeout_s: float
     membership: FleetMembership
     drain: Drain
 
@@ -69,18 +76,26 @@ def _error_response(error: GatewayError, request_id: str, api: str = "openai") -
                         headers={"x-request-id": request_id, **error.headers()})
 
 
-async def _read_body(request: Request, limit_bytes: int) -> bytes:
-    """The whole body, refusing early (413) once it passes the limit instead of buffering it."""
+async def _read_body(request: Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, refusing early (413) once it passes the limit instead of buffering it, and
+    (408) once it takes longer than `timeout_s`, so a client sending a byte a second frees its worker.
+    A client that closes mid-upload is a ClientGoneError: counted, not logged as a bug."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the {limit_bytes}-byte limit")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise PayloadTooLargeError(f"request body exceeds the {limit_bytes}-byte limit")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise PayloadTooLargeError(f"request body exceeds the {limit_bytes}-byte limit")
+                parts.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientGoneError("client disconnected while sending the request body") from None
     return b"".join(parts)
 
 
@@ -98,17 +113,32 @@ class _ClosingStreamingResponse(StreamingResponse):
 
     body_iterator: AsyncGenerator[bytes, None]
 
+    def __init__(self, *args: Any, send_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.send_timeout_s = send_timeout_s
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded_send(message: Any) -> None:
+            """A client that stops reading fills the socket buffers and `send` waits on them: past the
+            timeout the response ends, and with it the relay and the upstream request."""
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout_s)
+            except TimeoutError:
+                log.warning("client took no data for %g s; ending its stream", self.send_timeout_s)
+                raise OSError("client stopped reading") from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded_send)
+        except (OSError, ClientDisconnect):
+            pass  # the client is gone or stalled: nobody to tell
         finally:
             await self.body_iterator.aclose()
 
 
-def _to_http(response: GatewayResponse) -> Response:
+def _to_http(response: GatewayResponse, send_timeout_s: float) -> Response:
     if response.stream is not None:
         return _ClosingStreamingResponse(response.stream, status_code=response.status, headers=response.headers,
-                                 media_type=response.content_type)
+                                         media_type=response.content_type, send_timeout_s=send_timeout_s)
     return Response(response.body, status_code=response.status, headers=response.headers,
                     media_type=response.content_type)
 
@@ -132,16 +162,17 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
 
     def inference(api: ApiKind) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            request_id = sanitised_request_id(request.headers.get("x-request-id"))
             current_request_id.set(request_id)  # on every log record of this request (app/logs.py)
             try:
                 headers = with_bearer({k.lower(): v for k, v in request.headers.items()})
                 key = runtime.front_door.identify(headers)  # 401 before reading the body
-                raw = await _read_body(request, runtime.max_body_bytes)
+                raw = await _read_body(request, runtime.max_body_bytes, runtime.body_read_timeout_s)
                 parsed = parse_inference_request(raw, api, request_id=request_id,
                                                  arrival_s=runtime.gateway.clock(), headers=headers, key=key)
                 await runtime.front_door.admit(parsed, key)
-                return _to_http(await _unless_disconnected(request, runtime.gateway.handle(parsed, raw, headers)))
+                return _to_http(await _unless_disconnected(request, runtime.gateway.handle(parsed, raw, headers)),
+                                runtime.send_timeout_s)
             except GatewayError as error:
                 runtime.gateway.metrics.rejected.labels(error.code or error.error_type).inc()
                 runtime.gateway.telemetry.refused(request_id, error.status, error.code or error.error_type)
@@ -150,6 +181,7 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
                 raise
             except Exception:  # noqa: BLE001 - a bug must not leak a traceback to the client
                 log.exception("unexpected error serving %s", request_id)
+                runtime.gateway.metrics.internal_errors.inc()
                 body = internal_error_body()
                 if api == "messages":
                     body = anthropic_error_body(GatewayError(body["error"]["message"]))
@@ -182,7 +214,7 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
     async def instances(request: Request) -> Response:
         """POST adds, DELETE removes the instance {"pool": NAME, "url": URL} (pools/membership.py)."""
         try:
-            body = orjson.loads(await _read_body(request, runtime.max_body_bytes))
+            body = orjson.loads(await _read_body(request, runtime.max_body_bytes, runtime.body_read_timeout_s))
         except orjson.JSONDecodeError:
             return _error_response(InvalidRequestError("the body must be JSON: {\"pool\": NAME, \"url\": URL}"),
                                    uuid.uuid4().hex)
@@ -206,6 +238,9 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
         healthy = sum(len(snapshot.healthy(name)) for name in snapshot.pools)
         return JSONResponse({"status": "ok", "healthy_instances": healthy, "instances": total})
 
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(openapi_document(sorted(runtime.gateway.registry.snapshot.models())))
+
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(runtime.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -221,19 +256,23 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
     async def explain(request: Request) -> Response:
         request_id = uuid.uuid4().hex
         try:
-            raw = await _read_body(request, runtime.max_body_bytes)
+            raw = await _read_body(request, runtime.max_body_bytes, runtime.body_read_timeout_s)
             api: ApiKind = "completions" if request.query_params.get("api") == "completions" else "chat"
             headers = {k.lower(): v for k, v in request.headers.items()}
             return Response(orjson.dumps(await runtime.explain(raw, api, headers)), media_type="application/json")
         except GatewayError as error:
             return _error_response(error, request_id)
+        except Exception:  # noqa: BLE001 - a bug must not leak a traceback (or Starlette's plain text)
+            log.exception("unexpected error explaining %s", request_id)
+            runtime.gateway.metrics.internal_errors.inc()
+            return JSONResponse(internal_error_body(), status_code=500, headers={"x-request-id": request_id})
 
     async def cache_feedback(request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = sanitised_request_id(request.headers.get("x-request-id"))
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
             key = runtime.front_door.identify(headers)
-            raw = await _read_body(request, runtime.max_body_bytes)
+            raw = await _read_body(request, runtime.max_body_bytes, runtime.body_read_timeout_s)
             await runtime.gateway.cache_feedback(raw, headers, key.tenant if key is not None else None)
         except GatewayError as error:
             return _error_response(error, request_id)
@@ -268,13 +307,15 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
             Route("/admin/fleet", admin_only(fleet), methods=["GET"]),
             Route("/admin/explain", admin_only(explain), methods=["POST"]),
             Route("/admin/policy/reload", admin_only(reload_policy), methods=["POST"]),
             Route("/admin/instances", admin_only(instances), methods=["POST", "DELETE"]),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(CountInFlight, drain=runtime.drain)],
+        middleware=[Middleware(HeadLimit, max_header_bytes=runtime.max_header_bytes),
+                    Middleware(CountInFlight, drain=runtime.drain)],
     )
     app.state.drain = runtime.drain  # for the server in front (app/drain.py DrainingServer)
     return app

@@ -29,6 +29,7 @@ from fleetgate.policies.static_planner import StaticPlanner
 from fleetgate.pools.k8s import EndpointSliceDiscovery
 from fleetgate.pools.membership import FleetFileWatcher, FleetMembership, watch_fleet_file
 from fleetgate.pools.model import Pool
+from fleetgate.pools.outliers import OutlierPolicy
 from fleetgate.pools.registry import FleetRegistry, HealthPolicy
 from fleetgate.router.admission import Admission
 from fleetgate.router.frontdoor import FrontDoor
@@ -39,6 +40,7 @@ from fleetgate.router.keys import load_keys
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.proxy import ProxyTimeouts, UpstreamClient
 from fleetgate.router.ratelimit import RateLimiter
+from fleetgate.router.retry_budget import RetryPolicy
 from fleetgate.router.routing.base import Router
 from fleetgate.router.routing.registry import make_router
 from fleetgate.router.telemetry import Telemetry
@@ -62,12 +64,22 @@ class Runtime:
         tracing = tracing_config(settings, os.environ)
         self.tracer_provider = tracer_provider(tracing, span_processor) if tracing is not None else None
         self.max_body_bytes = settings.max_body_bytes
+        self.max_header_bytes = settings.max_header_bytes
+        self.body_read_timeout_s = settings.body_read_timeout_s
+        self.send_timeout_s = settings.send_timeout_s
         fleet = settings.fleet_config()
         pools = fleet.to_pools()
         self.registry = FleetRegistry(pools, policy=HealthPolicy(
             probe_interval_s=settings.probe_interval_s,
             probe_timeout_s=settings.probe_timeout_s,
             eject_cooldown_s=settings.eject_cooldown_s,
+            outliers=OutlierPolicy(
+                consecutive_failures=settings.outlier_consecutive_failures,
+                max_ejection_s=settings.outlier_max_ejection_s,
+                latency_factor=settings.outlier_latency_factor,
+                latency_min_samples=settings.outlier_latency_min_samples,
+                latency_floor_s=settings.outlier_latency_floor_ms / 1000,
+            ),
         ))
         self.membership = FleetMembership(fleet, self.registry, discovery=EndpointSliceDiscovery)
         self.drain = Drain()
@@ -90,6 +102,13 @@ class Runtime:
             router_factory=router_factory,
             cache=self.policy.cache if self.policy else None,
             max_attempts=settings.max_attempts,
+            retry_policy=RetryPolicy(
+                budget_ratio=settings.retry_budget_ratio,
+                budget_window_s=settings.retry_budget_window_s,
+                min_retries_per_s=settings.retry_budget_min_per_s,
+                backoff_base_s=settings.retry_backoff_base_s,
+                backoff_max_s=settings.retry_backoff_max_s,
+            ),
             resend_check_s=settings.resend_check_s,
             admission=Admission(queue_size=settings.admission_queue_size, recheck_s=settings.admission_recheck_s,
                                 max_wait_s=settings.admission_max_wait_s, metrics=metrics)
@@ -98,6 +117,7 @@ class Runtime:
                                 access_log=settings.access_log),
         )
         metrics.watch_fleet(self.registry)
+        metrics.watch_outliers(self.registry)
         if self.policy is not None and self.policy.cache is not None:
             self.gateway.metrics.watch_cache(self.policy.cache)
         self.front_door, self.keys_watcher = _front_door(settings, self.gateway.metrics)

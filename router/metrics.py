@@ -53,11 +53,22 @@ class GatewayMetrics:
             "fleetgate_upstream_errors_total", "Upstream failures (refused, 5xx, timeout, broken stream).",
             ["pool", "instance", "kind"], registry=registry)
         self.retries = Counter(
-            "fleetgate_retries_total", "Requests re-sent to another instance before the first byte.",
-            ["pool"], registry=registry)
+            "fleetgate_retries_total", "Requests re-sent to another instance before the first byte, by the failure "
+            "that caused it (refused, timeout, 5xx, broken, busy: 429/503 with Retry-After).",
+            ["pool", "reason"], registry=registry)
+        self.retries_withheld = Counter(
+            "fleetgate_retries_withheld_total", "Retries not made, by why: budget (the pool's retry budget was "
+            "spent), not-idempotent (the instance may have acted on a body that must not run twice).",
+            ["pool", "reason"], registry=registry)
+        self.retry_backoff = Histogram(
+            "fleetgate_retry_backoff_seconds", "Jittered back-off waited before each retry.",
+            ["pool"], buckets=_LATENCY_BUCKETS_S, registry=registry)
         self.rejected = Counter(
             "fleetgate_rejected_requests_total", "Requests refused by the gateway itself, by error code.",
             ["code"], registry=registry)
+        self.internal_errors = Counter(
+            "fleetgate_internal_errors_total", "Requests that failed on a gateway bug (500 internal_error).",
+            registry=registry)
         self.ratelimited = Counter(
             "fleetgate_ratelimited_requests_total", "Requests refused with 429 by a rate limit, by whose limit "
             "(key, tenant) and which (rpm, tpm).", ["scope", "limit"], registry=registry)
@@ -130,6 +141,10 @@ class GatewayMetrics:
         """Export each instance's health (1: serving, 0: ejected) at scrape time, for the alerts."""
         self.registry.register(_FleetCollector(source))
 
+    def watch_outliers(self, source: "OutlierSource") -> None:
+        """Export outlier detection's counters (pools/outliers.py) at scrape time."""
+        self.registry.register(_OutlierCollector(source))
+
     def watch_kv(self, source: "KvSource") -> None:
         """Export the KV-event subscriptions' state (precise mode) at scrape time."""
         self.registry.register(_KvCollector(source))
@@ -160,6 +175,36 @@ class _FleetCollector(Collector):
             for endpoint in pool.endpoints:
                 up.add_metric([name, pool.model, endpoint.name], 1.0 if snapshot.state(endpoint).healthy else 0.0)
         yield up
+
+
+class OutlierSource(Protocol):
+    """What the fleet registry exposes about passive health (its `outliers`, pools/outliers.py)."""
+
+    @property
+    def outliers(self) -> Any: ...
+
+
+class _OutlierCollector(Collector):
+    def __init__(self, source: OutlierSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        detector = self._source.outliers
+        ejections = CounterMetricFamily("fleetgate_outlier_ejections", "Instances ejected by passive health, by "
+                                        "reason (consecutive-failures, unreachable, latency, half-open-failure).",
+                                        labels=["pool", "instance", "reason"])
+        for key, count in detector.ejections.items():
+            ejections.add_metric(list(key), count)
+        trials = CounterMetricFamily("fleetgate_half_open_probes", "Single trial requests let through to an "
+                                     "instance after its ejection, by outcome (success closes it, failure re-ejects "
+                                     "it for longer).", labels=["pool", "instance", "outcome"])
+        for key, count in detector.half_open_trials.items():
+            trials.add_metric(list(key), count)
+        backoffs = CounterMetricFamily("fleetgate_instance_backoffs", "Times an instance answered 429/503 with "
+                                       "Retry-After and was left alone for that long.", labels=["pool", "instance"])
+        for key, count in detector.backoffs.items():
+            backoffs.add_metric(list(key), count)
+        yield from (ejections, trials, backoffs)
 
 
 class KvSource(Protocol):

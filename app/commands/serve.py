@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +25,9 @@ from fleetgate.app.settings import (
     scalar_type,
 )
 from fleetgate.core.yamlconf import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"num_replicas": ("--replicas",)}
 """Older spellings kept working next to the generated `--kebab-case` flag."""
@@ -86,6 +89,20 @@ def _wait_for_ctrl_c() -> None:
     stop.wait()
 
 
+def listener_config(app: Any, settings: ServeCommandSettings) -> uvicorn.Config:
+    """uvicorn's config for the bare server, with the listener limits of the settings (connection cap,
+    keep-alive timeout, largest request head): uvicorn's defaults have no cap and take 8 MB heads. The
+    head limit rides on h11's setting, which `HeadLimitedHttpTools` reads."""
+    import uvicorn
+
+    from fleetgate.app.head_limit import HeadLimitedHttpTools
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http=HeadLimitedHttpTools,
+                          limit_concurrency=settings.max_connections,
+                          timeout_keep_alive=settings.keep_alive_timeout_s,
+                          h11_max_incomplete_event_size=settings.max_header_bytes)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = command_settings(args, os.environ)
@@ -97,14 +114,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fleetgate serve: invalid settings:\n{describe(error)}", file=sys.stderr)
         return 2
     if args.bare:
-        import uvicorn
-
         from fleetgate.app.compose import build_asgi_app
 
         from fleetgate.app.drain import DrainingServer
 
         app = build_asgi_app(settings.narrowed(GatewaySettings))
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+        config = listener_config(app, settings)
         DrainingServer(config, app.state.drain, settings.graceful_shutdown_timeout_s).run()
         return 0
     from fleetgate.app.serve import start_local, stop_local
