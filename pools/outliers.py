@@ -10,8 +10,11 @@ verdicts into the published `healthy` flag, so routers never see an ejected inst
 - After it, the instance is half-open: exactly one request may go there (`admit`). Its success closes
   the instance (ejection count reset); its failure ejects it again, for longer.
 - Latency: each instance keeps its last `latency_window` first-byte times. Once it has `latency_min_samples`
-  and so has some other instance of its pool, an instance whose median is over `latency_factor` times
-  the median of the others' medians (and over `latency_floor_s`) is ejected, never the pool's last one.
+  and so have at least `LATENCY_MIN_PEERS` other instances of its pool in service, an instance whose
+  median is over `latency_factor` times the median of the others' medians (and over `latency_floor_s`)
+  is ejected. With a single peer it cannot be told whether the instance or its share of the workload is
+  slow (with one peer allowed, round-robin on two real vLLM instances on CPU split 19/21, not 20/20); Envoy's
+  outlier detection likewise compares hosts only in clusters of 5 or more by default.
 - A 429/503 with Retry-After marks the instance backing off for that long: out of routing, without
   counting as a failure or growing its ejections.
 """
@@ -27,6 +30,7 @@ from fleetgate.core.clock import Clock
 CONSECUTIVE = "consecutive-failures"
 UNREACHABLE = "unreachable"
 LATENCY = "latency"
+LATENCY_MIN_PEERS = 2
 HALF_OPEN_FAILED = "half-open-failure"
 
 
@@ -161,7 +165,7 @@ class OutlierDetector:
             return False
         others = [s for member in pool_members if member != name and (s := self._instances.get(member)) is not None
                   and not self.out(member) and len(s.first_byte_s) >= policy.latency_min_samples]
-        if not others:  # nothing to compare with, or it is the pool's last instance in service
+        if len(others) < LATENCY_MIN_PEERS:  # too few to tell an outlier from its share of the workload
             return False
         mine = statistics.median(state.first_byte_s)
         typical = statistics.median(statistics.median(s.first_byte_s) for s in others)

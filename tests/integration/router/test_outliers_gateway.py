@@ -129,11 +129,11 @@ async def test_with_no_other_instance_the_503_and_its_retry_after_reach_the_clie
 
 
 async def test_a_slowed_instance_is_ejected_as_a_latency_outlier() -> None:
-    async with emulators(2, time_scale=1.0) as servers, gateway(
+    async with emulators(3, time_scale=1.0) as servers, gateway(
             [s.url for s in servers], outlier_latency_min_samples=5, outlier_latency_factor=3.0,
             outlier_latency_floor_ms=0, probe_interval_s=30) as url:
         c, m = client(url), Metrics(url)
-        for _ in range(12):  # both normal: no outlier
+        for _ in range(18):  # all normal: no outlier
             await chat(c, stream=True)
         assert not (await m.read()).value("fleetgate_outlier_ejections_total")
         await set_fault(servers[0].url, "slow:10")
@@ -143,7 +143,7 @@ async def test_a_slowed_instance_is_ejected_as_a_latency_outlier() -> None:
                 break
         assert m.value("fleetgate_outlier_ejections_total", instance="default-0", reason="latency") == 1
         assert m.value("fleetgate_outlier_ejections_total") == 1, "only the slow one"
-        assert {await chat(c, stream=True) for _ in range(4)} == {"default-1"}
+        assert {await chat(c, stream=True) for _ in range(6)} <= {"default-1", "default-2"}
 
 
 async def test_the_retry_budget_caps_retries() -> None:

@@ -80,13 +80,16 @@ def test_a_slow_instance_is_a_latency_outlier_once_there_are_enough_samples() ->
     assert d.ejections == {("p", "a", LATENCY): 1}
 
 
-def test_latency_never_ejects_below_the_floor_or_without_peers() -> None:
+def test_latency_never_ejects_below_the_floor_or_with_fewer_than_two_peers() -> None:
     d, _ = detector(latency_factor=3.0, latency_min_samples=2, latency_floor_s=0.05)
     for _ in range(2):
         d.success("b", "p", 0.001, POOL)
+        d.success("c", "p", 0.001, POOL)
     assert [d.success("a", "p", 0.04, POOL) for _ in range(3)] == [None] * 3, "under the floor"
-    lonely, _ = detector(latency_min_samples=2, latency_floor_s=0.0)
-    assert [lonely.success("a", "p", 9.0, POOL) for _ in range(3)] == [None] * 3, "nothing to compare with"
+    pair, _ = detector(latency_min_samples=2, latency_floor_s=0.0)
+    for _ in range(2):
+        pair.success("b", "p", 0.001, POOL)
+    assert [pair.success("a", "p", 9.0, POOL) for _ in range(3)] == [None] * 3, "one peer: which is slow?"
 
 
 def test_back_off_holds_an_instance_out_without_counting_a_failure() -> None:
