@@ -90,34 +90,35 @@ def _kill_node(node: subprocess.Popen[bytes]) -> None:
     node.wait(timeout=10)
 
 
-def _wait_for_running_replicas(address: str, env: dict[str, str], count: int) -> None:
-    """Until Serve's controller counts `count` running gateway replicas (it has seen a lost one go)."""
-    script = ("import ray,sys; from ray import serve; ray.init(address=sys.argv[1], log_to_driver=False); "
-              "print(serve.status().applications['fleetgate'].deployments['fleetgate'].replica_states.get('RUNNING'))")
+def _wait_for_cluster_count(address: str, env: dict[str, str], count: int, what: str, script: str,
+                            node: tuple[subprocess.Popen[bytes], Path] | None = None) -> None:
+    """Until `script` (run against the cluster at `address`) prints `count`; fails at once when `node`,
+    the node just started, has exited (its log in the message)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
+        if node is not None:
+            assert node[0].poll() is None, f"the node exited: {node[1].read_text()[-2000:]}"
         done = subprocess.run([sys.executable, "-c", script, address], env=env, capture_output=True, text=True,
                               timeout=120)
         if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
-    raise AssertionError(f"Serve did not settle at {count} running replicas")
+    raise AssertionError(f"{what} did not reach {count}")
+
+
+def _wait_for_running_replicas(address: str, env: dict[str, str], count: int) -> None:
+    """Until Serve's controller counts `count` running gateway replicas (it has seen a lost one go)."""
+    _wait_for_cluster_count(address, env, count, "Serve's running replicas", (
+        "import ray,sys; from ray import serve; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print(serve.status().applications['fleetgate'].deployments['fleetgate'].replica_states.get('RUNNING'))"))
 
 
 def _wait_for_nodes(address: str, env: dict[str, str], count: int, node: subprocess.Popen[bytes],
                     log: Path) -> None:
     """Until `count` nodes are alive; fails at once when the node just started has exited."""
-    script = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-              "print(sum(n['Alive'] for n in ray.nodes()))")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert node.poll() is None, f"the node exited: {log.read_text()[-2000:]}"
-        done = subprocess.run([sys.executable, "-c", script, address], env=env, capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
-            return
-        time.sleep(2)
-    raise AssertionError(f"the cluster did not reach {count} nodes")
+    _wait_for_cluster_count(address, env, count, "the cluster's live nodes", (
+        "import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"), (node, log))
 
 
 def _serve_config(urls: list[str], port: int) -> dict:
