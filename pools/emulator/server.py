@@ -25,7 +25,7 @@ import logging
 import struct
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import orjson
 import pydantic
@@ -585,28 +585,27 @@ class EmulatorServer:
     async def _load_lora(self, request: web.Request) -> web.Response:
         """vLLM's runtime load: {"lora_name", "lora_path"}; answers in plain text, as vLLM does."""
         assert self.lora is not None
-        try:
-            body = orjson.loads(await request.read())
+        lora = self.lora
+
+        async def load(body: dict[str, Any]) -> str:
             name, path = body.get("lora_name"), body.get("lora_path")
             if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
                 raise LoraError("Both 'lora_name' and 'lora_path' must be provided.", 400)
-            await self.lora.load(name, path)
-        except (orjson.JSONDecodeError, AttributeError):
-            return _error("Invalid JSON body", 400, "body")
-        except LoraError as exc:
-            return _error(str(exc), exc.status, error_kind="InvalidUserInput" if exc.status == 400 else "NotFoundError")
-        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+            await lora.load(name, path)
+            return f"Success: LoRA adapter '{name}' added successfully."
+
+        return await _lora_change(request, load)
 
     async def _unload_lora(self, request: web.Request) -> web.Response:
         assert self.lora is not None
-        try:
-            name = orjson.loads(await request.read()).get("lora_name")
-            self.lora.unload(str(name))
-        except (orjson.JSONDecodeError, AttributeError):
-            return _error("Invalid JSON body", 400, "body")
-        except LoraError as exc:
-            return _error(str(exc), exc.status, error_kind="InvalidUserInput" if exc.status == 400 else "NotFoundError")
-        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+        lora = self.lora
+
+        async def unload(body: dict[str, Any]) -> str:
+            name = body.get("lora_name")
+            lora.unload(str(name))
+            return f"Success: LoRA adapter '{name}' removed successfully."
+
+        return await _lora_change(request, unload)
 
     async def _health(self, _request: web.Request) -> web.Response:
         if self.fault.isdigit():
@@ -688,3 +687,16 @@ def _not_served() -> web.Response:
     embeddings on a generating one): FastAPI's plain 404."""
     return web.Response(status=404, body=b'{"detail":"Not Found"}', content_type="application/json")
 
+
+async def _lora_change(request: web.Request, change: Callable[[dict[str, Any]], Awaitable[str]]) -> web.Response:
+    """Run a LoRA load or unload on the request's JSON body, with vLLM's answers: plain text on success,
+    its error shapes for a bad body or a refused change."""
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict):
+            raise AttributeError
+        return web.Response(text=await change(body))
+    except (orjson.JSONDecodeError, AttributeError):
+        return _error("Invalid JSON body", 400, "body")
+    except LoraError as exc:
+        return _error(str(exc), exc.status, error_kind="InvalidUserInput" if exc.status == 400 else "NotFoundError")
