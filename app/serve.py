@@ -93,6 +93,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Ray starts its workers, Serve's replicas and proxies among them, at nice 15: below everything at the
+# default priority on the node. Beside CPU-bound neighbours (a vLLM CPU engine at nice 10 in the real-vLLM
+# tier) the gateway then relayed a stream's first line only once the generation was over. The gateway is
+# latency-critical: its workers run at the default priority (KubeRay: RAY_worker_niceness=0, deploy/kuberay).
+WORKER_NICENESS = 0
+
+
 def start_local(args: dict[str, Any], *, port: int, host: str = LOOPBACK, num_cpus: int | None = None,
                 haproxy: bool | None = None) -> bool:
     """Start a small local Ray (no dashboard), Serve on `host`:`port`, and the gateway built from
@@ -101,7 +108,8 @@ def start_local(args: dict[str, Any], *, port: int, host: str = LOOPBACK, num_cp
     import ray
 
     use_haproxy = haproxy_mode(haproxy)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config={"worker_niceness": WORKER_NICENESS})
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name="fleetgate", route_prefix="/", blocking=False)
     return use_haproxy

@@ -46,10 +46,10 @@ START_TIMEOUT_S = 240.0
 
 def _ray_env(temp_dir: str) -> dict[str, str]:
     """Token authentication with this cluster's own token (not ~/.ray/auth_token, which other local
-    clusters share); Ray's Python proxy; and the head's one proxy spreads requests over every node's
+    clusters share); workers at the default priority (docs/scale-out.md); Ray's Python proxy; and the head's one proxy spreads requests over every node's
     replica (a proxy prefers its own node's replicas by default: right when each node has a proxy)."""
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-            "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+            "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
             "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_TMPDIR": temp_dir}
 
 

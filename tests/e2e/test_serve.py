@@ -28,6 +28,18 @@ async def test_the_deployment_is_the_one_deploy_serve_yaml_describes(serve_url: 
         assert [model["id"] for model in (await response.json())["data"]] == [MODEL]
 
 
+def test_replicas_and_proxy_run_at_the_default_priority(serve_url: str) -> None:
+    """Ray would start them at nice 15, behind any CPU-bound neighbour (app/serve.py WORKER_NICENESS)."""
+    import os
+
+    from fleetgate.loadgen.proctree import process_tree
+
+    gateway = [p for p in process_tree(os.getpid()) if p.title.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
+    assert len(gateway) >= 3, [p.title for p in gateway]  # two replicas and a proxy
+    niceness = [(p.title, os.getpriority(os.PRIO_PROCESS, p.pid)) for p in gateway]
+    assert all(nice == 0 for _, nice in niceness), niceness
+
+
 async def test_openai_client_through_ray_serve(serve_url: str, fleet) -> None:  # noqa: ANN001
     servers, _loop = fleet
     gateway = openai.AsyncOpenAI(base_url=serve_url + "/v1", api_key="k", max_retries=0, timeout=60)

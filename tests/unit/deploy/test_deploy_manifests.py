@@ -203,6 +203,7 @@ def test_the_rayservice_runs_the_serve_yaml_application_with_valid_settings(tmp_
     assert volumes[mounts[settings.keys.rsplit("/", 1)[0]]]["secret"]["secretName"] == "fleetgate-keys"
     env = {e["name"]: e["value"] for e in head["containers"][0]["env"]}
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_worker_niceness"] == "0"  # app/serve.py WORKER_NICENESS: as `fleetgate serve` runs them
     assert read_config  # deploy/serve.yaml's reader stays the one `fleetgate serve --config` uses
 
 
