@@ -73,6 +73,7 @@ class Runtime:
             probe_interval_s=settings.probe_interval_s,
             probe_timeout_s=settings.probe_timeout_s,
             eject_cooldown_s=settings.eject_cooldown_s,
+            probe_timeouts_to_fail=settings.probe_timeouts_to_fail,
             outliers=OutlierPolicy(
                 consecutive_failures=settings.outlier_consecutive_failures,
                 max_ejection_s=settings.outlier_max_ejection_s,

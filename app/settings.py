@@ -96,7 +96,11 @@ class GatewaySettings(BaseModel):
     probe_interval_s: float = Field(default=0.5, gt=0, description="how often each instance's /health and "
                                     "/metrics are read")
     probe_timeout_s: float = Field(default=1.0, gt=0, description="a health probe slower than this counts "
-                                   "as a failure")
+                                   "as timed out")
+    probe_timeouts_to_fail: int = Field(default=3, ge=1, description="health probes in a row that time out before "
+                                        "an instance counts as down (a refused or failed probe counts at once): "
+                                        "one slow probe may be this gateway's own stalled event loop, and a soak "
+                                        "run saw one replica mark every instance down at once for a second")
     eject_cooldown_s: float = Field(default=1.0, gt=0, description="an ejected instance is probed again after "
                                     "this long (its first ejection; each repeat doubles it)")
     outlier_consecutive_failures: int = Field(default=5, ge=1, description="failed attempts in a row (5xx, "

@@ -41,6 +41,7 @@ class HealthPolicy:
     probe_interval_s: float
     probe_timeout_s: float
     eject_cooldown_s: float  # the first ejection's length; repeats double it (outliers.max_ejection_s caps)
+    probe_timeouts_to_fail: int = 3  # a run of timed-out probes marks an instance down (`_probe`)
     outliers: OutlierPolicy = field(default_factory=OutlierPolicy)
 
 
@@ -58,6 +59,7 @@ class FleetRegistry:
         self._snapshot = FleetSnapshot(version=0, pools=MappingProxyType(dict(pools)))
         self._kv = KvSubscriptions(clock=clock)
         self._adapter_notes: dict[str, dict[str, tuple[float, bool]]] = {}  # endpoint -> adapter -> (when, held)
+        self._probe_timeouts: dict[str, int] = {}  # endpoint -> health probes timed out in a row
 
     @property
     def snapshot(self) -> FleetSnapshot:
@@ -125,6 +127,7 @@ class FleetRegistry:
         endpoints = self.endpoints
         states = await asyncio.gather(*(self._probe(session, e) for e in endpoints))
         now = {e.name: e.url for e in self.endpoints}  # the layout may have changed while we probed
+        self._probe_timeouts = {name: n for name, n in self._probe_timeouts.items() if name in now}
         probed = {e.name: s for e, s in zip(endpoints, states) if now.get(e.name) == e.url}
         self._publish(self._snapshot.pools, {**self._snapshot.states, **probed})
         return self._snapshot
@@ -185,6 +188,11 @@ class FleetRegistry:
         )
         now_s = self._clock()
         was_healthy = self._snapshot.state(endpoint).healthy
+        if healthy is None:  # timed out: this replica's own stalled event loop looks the same, so only a run counts
+            timeouts = self._probe_timeouts[endpoint.name] = self._probe_timeouts.get(endpoint.name, 0) + 1
+            healthy = was_healthy and timeouts < self._policy.probe_timeouts_to_fail
+        else:
+            self._probe_timeouts.pop(endpoint.name, None)
         if healthy and (self.outliers.out(endpoint.name) or self.outliers.trial_in_flight(endpoint.name)):
             healthy = False  # still ejected or backing off, or its half-open trial is not answered yet
         if healthy != was_healthy:
@@ -233,11 +241,14 @@ class FleetRegistry:
             return frozenset()
 
     @staticmethod
-    async def _get_ok(session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout) -> bool:
+    async def _get_ok(session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout) -> bool | None:
+        """Whether `url` answered 200; None when it did not answer in time."""
         try:
             async with session.get(url, timeout=timeout) as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except asyncio.TimeoutError:
+            return None
+        except (aiohttp.ClientError, OSError):
             return False
 
     @staticmethod

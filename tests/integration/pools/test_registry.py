@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -19,8 +21,11 @@ class FakeVllm:
     def __init__(self) -> None:
         self.healthy = True
         self.waiting = 0
+        self.stalled = asyncio.Event()  # while set, /health never answers
 
     async def health(self, _request: web.Request) -> web.Response:
+        while self.stalled.is_set():
+            await asyncio.sleep(0.05)
         return web.Response(status=200 if self.healthy else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
@@ -75,6 +80,27 @@ async def test_probe_scrape_eject_and_readmit(two_instances) -> None:  # noqa: A
         assert (await registry.refresh(session)).healthy("default") == (b,), "still cooling down"
         clock.advance(0.6)
         assert (await registry.refresh(session)).healthy("default") == (a, b), "re-admitted after recovery"
+
+
+async def test_only_a_run_of_timed_out_probes_marks_an_instance_down(two_instances) -> None:  # noqa: ANN001
+    """One slow probe may be this gateway's own stalled loop (a soak run saw a replica mark every instance
+    down at once for a second); a refused or failed probe still counts at once (the test above)."""
+    fakes, urls = two_instances
+    registry = FleetRegistry(single_pool_fleet(urls, "m").to_pools(),
+                             policy=HealthPolicy(probe_interval_s=0.5, probe_timeout_s=0.2, eject_cooldown_s=1.0,
+                                                 probe_timeouts_to_fail=3))
+    a, b = registry.endpoints
+    async with aiohttp.ClientSession() as session:
+        assert (await registry.refresh(session)).healthy("default") == (a, b)
+        fakes[1].stalled.set()
+        assert (await registry.refresh(session)).healthy("default") == (a, b), "one timeout"
+        assert (await registry.refresh(session)).healthy("default") == (a, b), "two timeouts"
+        assert (await registry.refresh(session)).healthy("default") == (a,), "three in a row: down"
+        fakes[1].stalled.clear()
+        assert (await registry.refresh(session)).healthy("default") == (a, b)
+        fakes[1].stalled.set()  # the run starts again after an answer
+        assert (await registry.refresh(session)).healthy("default") == (a, b)
+        fakes[1].stalled.clear()
 
 
 async def test_unreachable_instance_is_unhealthy_not_an_error() -> None:
