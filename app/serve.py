@@ -11,10 +11,11 @@ calls the same builder.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from ray import serve
 from ray.serve import Application
@@ -22,8 +23,11 @@ from ray.serve.handle import DeploymentHandle
 
 from fleetgate.app.compose import build_asgi_app
 from fleetgate.app.embedder_deployment import RemoteEmbedder, embedder_deployment
+from fleetgate.app.fate import claim_port, fate_shared
 from fleetgate.app.replica_header import ReplicaHeader
 from fleetgate.app.settings import LOOPBACK, GatewaySettings, ServeSettings
+
+log = logging.getLogger("fleetgate.serve")
 
 
 @serve.ingress()
@@ -80,9 +84,11 @@ def haproxy_mode(prefer: bool | None = None) -> bool:
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if not use:
         os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
-    if use:  # Ray's HAProxy also serves stats (8404) and metrics (9101) on every interface; unless the
-        # operator chose ports, take free ones so two local gateways do not collide.
-        for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    if use:  # Ray's HAProxy also serves stats (8404) and metrics (9101) on every interface, and HAProxy mode
+        # keeps a Python proxy on 127.0.0.1:8500 as a fallback; unless the operator chose ports, take free
+        # ones so two local gateways do not collide.
+        for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
             os.environ.setdefault(variable, str(_free_port()))
     return use
 
@@ -98,18 +104,40 @@ def _free_port() -> int:
 # tier) the gateway then relayed a stream's first line only once the generation was over. The gateway is
 # latency-critical: its workers run at the default priority (KubeRay: RAY_worker_niceness=0, deploy/kuberay).
 WORKER_NICENESS = 0
+# Ray's raylet gives its dashboard agent a fixed 15 s to start, which a busy machine sometimes misses
+# (the agent alone took 11-18 s to import beside other Ray clusters); a second start then succeeds.
+RAY_START_TRIES = 2
+RAY_START_TIMEOUT = "timed out during startup"
+
+
+def start_ray(init: Callable[[], object], shutdown: Callable[[], None]) -> None:
+    """`init`, once more after a node that timed out starting (RAY_START_TRIES); other errors raise."""
+    for tries_left in reversed(range(RAY_START_TRIES)):
+        try:
+            init()
+            return
+        except Exception as error:  # Ray raises a bare Exception when its node times out starting
+            if tries_left == 0 or RAY_START_TIMEOUT not in str(error):
+                raise
+            log.warning("Ray's node timed out starting (a busy machine); starting it again")
+            shutdown()
 
 
 def start_local(args: dict[str, Any], *, port: int, host: str = LOOPBACK, num_cpus: int | None = None,
                 haproxy: bool | None = None) -> bool:
     """Start a small local Ray (no dashboard), Serve on `host`:`port`, and the gateway built from
     `args` (`build_app`'s). `haproxy` None picks HAProxy mode when available. Returns whether
-    HAProxy mode is on."""
+    HAProxy mode is on. Ray's processes (HAProxy too) end when this process ends, however it ends;
+    a port still held by those of a killed one is taken back, any other holder raises
+    PortInUseError (app/fate.py)."""
     import ray
 
+    claim_port(host, port)
     use_haproxy = haproxy_mode(haproxy)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _system_config={"worker_niceness": WORKER_NICENESS})
+    with fate_shared():
+        start_ray(lambda: ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                                   configure_logging=False, _system_config={"worker_niceness": WORKER_NICENESS}),
+                  ray.shutdown)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name="fleetgate", route_prefix="/", blocking=False)
     return use_haproxy

@@ -122,9 +122,14 @@ def _serve(args: argparse.Namespace) -> int:
         config = listener_config(app, settings)
         DrainingServer(config, app.state.drain, settings.graceful_shutdown_timeout_s).run()
         return 0
+    from fleetgate.app.fate import PortInUseError
     from fleetgate.app.serve import start_local, stop_local
 
-    haproxy = start_local(settings.serve_args(), host=settings.host, port=settings.port)
+    try:
+        haproxy = start_local(settings.serve_args(), host=settings.host, port=settings.port)
+    except PortInUseError as error:
+        print(f"fleetgate serve: {error}", file=sys.stderr)
+        return 1
     print(f"Fleetgate on Ray Serve at http://{settings.host}:{settings.port}/v1 "
           f"({'HAProxy' if haproxy else 'Python'} proxy); Ctrl-C stops it.", flush=True)
     if not haproxy:

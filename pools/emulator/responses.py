@@ -76,6 +76,8 @@ class ResponsesJob:
                                  param="response_id", kind="invalid_request_error")
             history = found
         self.messages = history + chat_messages(self.body.model_dump(exclude_none=True))
+        if not self.messages:  # `"input": []` alone: vLLM refuses it with a 400, so nothing reaches the engine
+            raise BadRequest("The input must not be empty", param="input")
         self.id = f"resp_{uuid.uuid4().hex}"
         self.item_id = f"msg_{uuid.uuid4().hex}"
         self.created_at = int(time.time())

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import re
-import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -19,6 +18,7 @@ import pytest
 import uvicorn
 from support.gateway import ACCOUNTS_CACHE_POLICY, MODEL, emulators, eventually, gateway
 from support.servers import free_port
+from support.slow_clients import raw_connection, send_and_never_read, trickled_body_answer
 
 from fleetgate.app.commands.serve import listener_config
 from fleetgate.app.compose import build_asgi_app
@@ -48,16 +48,6 @@ def metric(text: str, series: str) -> float:
 async def metrics(url: str) -> str:
     async with aiohttp.ClientSession() as session:
         return await (await session.get(url + "/metrics")).text()
-
-
-def raw_connection(url: str, rcvbuf: int | None = None) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    return sock
 
 
 async def test_deep_nesting_is_a_400_naming_the_field(tmp_path: Path) -> None:
@@ -128,25 +118,7 @@ async def test_internal_errors_are_counted(monkeypatch: pytest.MonkeyPatch) -> N
 
 async def test_slowloris_body_gets_408_and_frees_the_worker() -> None:
     async with emulators(1) as servers, gateway([s.url for s in servers], body_read_timeout_s=1.0) as url:
-        loop = asyncio.get_running_loop()
-        sock = raw_connection(url)
-        await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
-        answer = b""
-
-        async def trickle() -> None:
-            for byte in b'{"model": "' * 9:
-                await loop.sock_sendall(sock, bytes([byte]))
-                await asyncio.sleep(0.5)
-
-        trickler = asyncio.ensure_future(trickle())
-        try:
-            answer = await asyncio.wait_for(loop.sock_recv(sock, 65536), 20)
-        finally:
-            trickler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await trickler
-            sock.close()
+        answer = await trickled_body_answer(url)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert b'"code":"request_timeout"' in answer
 
@@ -159,11 +131,8 @@ async def test_streaming_client_that_never_reads_ends_the_upstream_request() -> 
                          "max_tokens": requested, "ignore_eos": True})
     async with (emulators(1, time_scale=0.02, max_model_len=2 * requested) as servers,
                 gateway([s.url for s in servers], send_timeout_s=1.0) as url):
-        loop = asyncio.get_running_loop()
-        sock = raw_connection(url, rcvbuf=4096)
+        sock = await send_and_never_read(url, body)
         try:
-            await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                                          b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             stats = servers[0].engine.stats
             await eventually(lambda: stats().generation_tokens_total > 0 and stats().running == 0, 60,
                              "generation ended")

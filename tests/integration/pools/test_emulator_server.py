@@ -193,6 +193,7 @@ async def test_context_limit_refuses_long_prompts_and_cuts_long_answers(start_se
         ("/v1/chat/completions", b'{"model": "llama-3.1-8b"}', "messages"),
         ("/v1/completions", b'{"model": "llama-3.1-8b", "max_tokens": 0, "prompt": "x"}', "max_tokens"),
         ("/v1/completions", b"[1, 2]", "JSON object"),
+        ("/v1/responses", b'{"model": "llama-3.1-8b", "input": []}', "input"),  # was a 500
     ],
 )
 async def test_malformed_requests_get_vllm_style_400(start_server: ServerFactory, path: str, body: bytes, needle: str) -> None:
