@@ -66,6 +66,10 @@ _API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", 
               "responses": "/v1/responses", "embeddings": "/v1/embeddings", "tokenize": "/tokenize",
               "detokenize": "/detokenize"}
 _IDEMPOTENT_APIS = frozenset({"embeddings", "tokenize", "detokenize"})  # safe to run twice
+# Streamed generation whose connection broke before its first byte: no byte reached the client and the
+# instance aborts the work on the closed connection, exactly as after a first-byte timeout (which is
+# retried). `responses` is left out: with `store` the instance keeps the answer it may have made.
+_RESENDABLE_STREAMS = frozenset({"chat", "completions", "messages"})
 _DONE = b"data: [DONE]\n\n"
 _NO_TOKENS = Usage(0, 0, 0)
 
@@ -439,7 +443,8 @@ class Gateway:
         """Whether the request may go to its next candidate after `error`: never twice where the instance may
         have acted on a body that must not run twice, and only within the pool's retry budget; then wait
         the jittered back-off."""
-        if error.may_have_acted and request.api not in _IDEMPOTENT_APIS:
+        if error.may_have_acted and request.api not in _IDEMPOTENT_APIS and not (
+                request.stream and request.api in _RESENDABLE_STREAMS):
             self.metrics.retries_withheld.labels(pool, "not-idempotent").inc()
             return False
         if not self._budget(pool).try_retry():

@@ -178,3 +178,32 @@ async def test_a_chat_the_instance_may_have_acted_on_is_not_retried() -> None:
         await m.read()
         assert m.value("fleetgate_retries_withheld_total", reason="not-idempotent") == 1
         assert not m.value("fleetgate_retries_total")
+
+
+async def test_a_stream_whose_connection_broke_before_its_first_byte_is_sent_elsewhere() -> None:
+    """An instance killed while prefilling: the connection breaks after the body, before any byte. A streamed chat
+    is then retried (no byte reached the client; the instance aborts on the closed connection), as
+    `fleetgate bench chaos`'s instance-killed scenario needs."""
+    from aiohttp import web
+    from support.servers import serve_aiohttp
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def breaks(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", breaks)
+    async with serve_aiohttp(app) as breaker, emulators(1) as servers, \
+            gateway([breaker, servers[0].url], probe_interval_s=30) as url:
+        c, m = client(url), Metrics(url)
+        served = [await chat(c, stream=True) for _ in range(2)]  # round robin: one of them tries the breaker first
+        assert served == ["default-1", "default-1"]
+        await m.read()
+        assert m.value("fleetgate_retries_total", reason="broken") == 1
+        assert not m.value("fleetgate_retries_withheld_total")
