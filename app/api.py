@@ -242,6 +242,7 @@ def create_app(runtime: GatewayRuntime, *, client_address_known: bool = True) ->
         return JSONResponse(openapi_document(sorted(runtime.gateway.registry.snapshot.models())))
 
     async def metrics(_request: Request) -> Response:
+        runtime.gateway.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))  # counted here: requests pay nothing
         return Response(generate_latest(runtime.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def fleet(_request: Request) -> Response:

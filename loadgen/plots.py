@@ -133,6 +133,27 @@ def plot_compare(path: Path, runs: list[tuple[str, list[RequestResult], dict[str
     return _save(fig, path)
 
 
+def plot_panels(path: Path, panels: dict[str, dict[str, tuple[list[float], list[float]]]], *,
+                marker_s: float | None = None, marker_label: str = "", title: str = "") -> Path:
+    """Time series in stacked panels sharing the time axis (panel title -> line label -> (times s,
+    values)), with an optional vertical marker, e.g. the end of a soak's warm-up."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), sharex=True, squeeze=False)
+    for ax, (name, lines) in zip(axes[:, 0], panels.items()):
+        for label, (times_s, values) in sorted(lines.items()):
+            ax.plot(times_s, values, marker=".", label=label)
+        if marker_s is not None:
+            ax.axvline(marker_s, color="grey", linestyle="--", label=marker_label or None)
+        ax.set(ylabel=name)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize="x-small", ncol=2)
+    axes[-1, 0].set(xlabel="time (s)")
+    if title:
+        axes[0, 0].set_title(title)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

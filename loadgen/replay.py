@@ -21,11 +21,13 @@ from fleetgate.loadgen.traces import TraceRequest
 
 log = logging.getLogger("fleetgate.loadgen")
 
+REPLICA_HEADER = "x-fleetgate-replica"  # on Ray Serve: <node>/<replica id> of the replica that answered
 ROUTE_HEADERS = {
     "x-fleetgate-pool": "pool",
     "x-fleetgate-instance": "instance",
     "x-fleetgate-route": "route",
     "x-fleetgate-rule": "rule",
+    REPLICA_HEADER: "replica",
 }
 ESTIMATE_HEADER = "x-fleetgate-estimated-ttft-ms"  # the gateway's TTFT estimate for a streamed request
 API_KINDS = ("auto", "chat", "completions")
@@ -78,6 +80,7 @@ class RequestResult:
     route: str | None = None
     rule: str | None = None
     estimated_ttft_ms: float | None = None  # the gateway's estimate (ESTIMATE_HEADER), where it made one
+    replica: str | None = None
 
 
 def to_emulated_time(result: RequestResult, time_scale: float) -> RequestResult:

@@ -46,6 +46,10 @@ class GatewayMetrics:
         self.inflight = Gauge(
             "fleetgate_requests_in_flight", "Requests sent to an instance and not finished.",
             ["pool", "instance"], registry=registry)
+        self.asyncio_tasks = Gauge(
+            "fleetgate_asyncio_tasks", "Tasks on this gateway process's event loop, counted when /metrics is read "
+            "(at steady load it stays flat; growth with requests served is a leak: `fleetgate bench soak`).",
+            registry=registry)
         self.route_decisions = Counter(
             "fleetgate_route_decisions_total", "Routing decisions by router and reason.",
             ["pool", "router", "reason"], registry=registry)

@@ -16,6 +16,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     _add_bench(bench)
     _add_bench_peers(bench)
     _add_bench_replicas(bench)
+    _add_bench_chaos(bench)
+    _add_bench_soak(bench)
 
 
 def _add_replay(commands: argparse._SubParsersAction) -> None:
@@ -198,6 +200,192 @@ def _add_bench_replicas(bench: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the table and runs as JSON to FILE; run "
                         "folders go beside it (default: runs/replicas-<time>/)")
     parser.set_defaults(func=_bench_replicas)
+
+
+def _add_bench_soak(bench: argparse._SubParsersAction) -> None:
+    from fleetgate.core.defaults import DEFAULT_GPU
+    from fleetgate.loadgen.traces import FORMATS
+
+    parser = bench.add_parser(
+        "soak",
+        help="a long run at a moderate rate through Ray Serve: is the gateway's memory, descriptors, connections "
+             "and asyncio tasks flat?",
+        description=(
+            "Starts an emulated fleet and the gateway on a local Ray Serve (deploy/serve.yaml, the fleet replaced "
+            "by the emulated one), replays a trace window in a loop for --duration-s, and every --sample-s reads "
+            "each gateway process (Serve replicas, proxy, controller, HAProxy) from /proc: RSS, open file "
+            "descriptors, TCP connections; and each replica's asyncio task count from its /metrics. After the load, "
+            "once nothing is in flight, one more (drained) sample. Writes samples.csv, soak.json and soak.png to "
+            "--out and prints per series the start and end after warm-up (the first 20%% of the samples, at least "
+            "2), the growth, and whether it stayed flat (goal: under 5%%). Exit status 0 when every request "
+            "completed and every series stayed flat, else 1. Example: fleetgate bench soak --duration-s 1200"
+        ),
+    )
+    parser.add_argument("--duration-s", type=float, default=1200.0, help="length of the load, seconds (default 20 min)")
+    parser.add_argument("--sample-s", type=float, default=30.0, help="seconds between samples (default %(default)s)")
+    parser.add_argument("--trace", default="../shared/traces/aibrix/8min_up_and_down.jsonl",
+                        help="trace replayed in a loop (default: real ShareGPT prompts, %(default)s)")
+    parser.add_argument("--trace-format", choices=FORMATS, default="aibrix", help="format of --trace (default aibrix)")
+    parser.add_argument("--window-start", type=float, default=0.0, metavar="S", help="window start, trace seconds")
+    parser.add_argument("--window-s", type=float, default=120.0, metavar="S", help="window length, trace seconds; "
+                        "the window is replayed back to back (default 120: about 2 requests/s of this trace)")
+    parser.add_argument("--rate-scale", type=float, default=1.0, help="offered load: the window's rate times X")
+    parser.add_argument("--config", default="deploy/serve.yaml", help="Ray Serve settings (the `fleetgate serve "
+                        "--config` file); its fleet is replaced by the emulated one (default %(default)s)")
+    parser.add_argument("--proxy", choices=("auto", "haproxy", "python"), default="auto",
+                        help="Ray Serve's ingress: auto (HAProxy where installed, as `fleetgate serve`), or force one; "
+                             "HAProxy binds its stats ports on every interface (default %(default)s)")
+    parser.add_argument("--instances", type=int, default=2, help="emulated instances (default %(default)s)")
+    parser.add_argument("--gpu", default=DEFAULT_GPU, help="their GPU profile (default %(default)s)")
+    parser.add_argument("--model", default="llama-3.1-8b", help="the model they serve (default %(default)s)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per emulated second (default 1)")
+    parser.add_argument("--start-timeout-s", type=float, default=300.0, help="bound on the fleet's and gateway's start")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/soak-<time>)")
+    parser.set_defaults(func=_bench_soak)
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from fleetgate.app.serve import start_local, stop_local
+    from fleetgate.app.settings import ServeCommandSettings, resolve
+    from fleetgate.loadgen.peers import free_port, select_window
+    from fleetgate.loadgen.proctree import process_tree
+    from fleetgate.loadgen.replay import run_event_loop
+    from fleetgate.loadgen.soak import SoakConfig, judge, run_soak, verdict_table, warmup, write_outputs
+    from fleetgate.loadgen.traces import read_trace
+    from fleetgate.pools.emulator.launcher import fleet_subprocess, wait_healthy
+    from fleetgate.pools.emulator.local import EmulatedPoolSpec
+    from fleetgate.pools.profiles import get_profile
+
+    if args.sample_s <= 0 or args.duration_s < 3 * args.sample_s:
+        print("fleetgate bench soak: --duration-s must hold at least three --sample-s intervals (the warm-up takes "
+              "two)", file=sys.stderr)
+        return 2
+    window, _refused = select_window(read_trace(args.trace, args.trace_format).requests, start_s=args.window_start,
+                                     count=None, duration_s=args.window_s, max_model_len=get_profile(args.gpu).max_model_len)
+    if not window:
+        print("fleetgate bench soak: the trace window holds no servable request", file=sys.stderr)
+        return 1
+    out_dir = args.out or Path("runs") / time.strftime("soak-%Y%m%d-%H%M%S")
+    pool = EmulatedPoolSpec("soak", args.model, args.gpu, args.instances)
+    with fleet_subprocess([pool], time_scale=args.time_scale, timeout_s=args.start_timeout_s) as fleet:
+        port = free_port()
+        settings = resolve(ServeCommandSettings, flags={"worker_urls": fleet.urls, "model": args.model, "port": port},
+                           environ={}, config=args.config)
+        haproxy = start_local(settings.serve_args(), host=settings.host, port=port,
+                              haproxy={"auto": None, "haproxy": True, "python": False}[args.proxy])
+        try:
+            target = f"http://{settings.host}:{port}"
+            wait_healthy([target], args.start_timeout_s)
+            config = SoakConfig(target=target, duration_s=args.duration_s, sample_s=args.sample_s,
+                                replicas=settings.num_replicas, root_pid=os.getpid(), rate_scale=args.rate_scale)
+            print(f"soak: {len(window)} requests per lap ({args.trace}, {args.window_s:g} s from {args.window_start:g} "
+                  f"s, x{args.rate_scale:g}) for {args.duration_s:g} s through Ray Serve ({settings.num_replicas} "
+                  f"replicas, {'HAProxy' if haproxy else 'Python'} proxy), {pool.count} x {pool.gpu}; a sample every "
+                  f"{args.sample_s:g} s", flush=True)
+            run = run_event_loop(lambda: run_soak(window, config, process_tree, on_sample=lambda s: print(
+                f"  {s.t_s:7.0f} s {s.phase}: {len(s.values)} series", file=sys.stderr, flush=True)))
+        finally:
+            stop_local()
+    run.meta.update(proxy="haproxy" if haproxy else "python", trace=str(args.trace), window_s=args.window_s,
+                    window_start_s=args.window_start, instances=pool.count, gpu=pool.gpu)
+    verdicts = judge(run.samples)
+    written = write_outputs(out_dir, run, verdicts, config)
+    requests = run.requests()
+    print(f"\nrequests: {requests['sent']} sent, {requests['completed']} completed, {requests['failed']} failed "
+          f"{requests['failed_by_kind'] or ''}, {requests['dropped']} dropped; drained: {run.drained}")
+    print(f"warm-up: {warmup(sum(s.phase == 'load' for s in run.samples))[1]}\n")
+    print(verdict_table(verdicts))
+    flat = all(v.flat for v in verdicts)
+    print(f"\nverdict: {'flat' if flat else 'GROWTH'} (goal: under 5% after warm-up); wrote "
+          + ", ".join(str(p) for p in written))
+    return 0 if flat and requests["failed"] == 0 else 1
+
+
+def _add_bench_chaos(bench: argparse._SubParsersAction) -> None:
+    from fleetgate.loadgen.chaos import SCENARIO_NAMES
+
+    parser = bench.add_parser(
+        "chaos",
+        help="break one thing at a time under load (an instance, Redis, a gateway replica, the policy or fleet "
+             "file) and count failed, cut and avoidable-failed requests and the time to recover",
+        description=(
+            "Starts emulated instances (each its own process), Redis, and `fleetgate serve` with two Ray Serve "
+            "replicas, the semantic cache and rate limits on. Then, per scenario, replays its own window of a real "
+            "trace (open loop, time-compressed) and breaks one thing --pre-s seconds in: an instance killed, hung, "
+            "slowed 10x, answering 503 with Retry-After, resetting streams; Redis killed; a gateway replica killed; "
+            "the policy file broken; the fleet file changed. Prints per scenario: requests sent, completed, failed "
+            "(by status), cut mid-stream (and where), avoidable failures (broken before their first token) and the "
+            "seconds from the fault's end until SLO attainment is back at its pre-fault level; writes results.json "
+            "and each scenario's results.jsonl to --out. Exit status 1 when a scenario misses a goal. "
+            "Example: fleetgate bench chaos --scenarios instance-killed,redis-killed --out runs/chaos"
+        ),
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
+                        help="comma-separated, run in this order (default: all): %(default)s")
+    parser.add_argument("--trace", default="../shared/traces/azure_2023/AzureLLMInferenceTrace_conv.csv",
+                        help="Azure-format trace (default %(default)s)")
+    parser.add_argument("--window-start", type=float, default=60.0, metavar="S",
+                        help="first scenario's window starts S trace seconds in; the next ones follow it")
+    parser.add_argument("--rate-scale", type=float, default=1.2,
+                        help="trace seconds per wall second (default %(default)s: about 6 requests/s)")
+    parser.add_argument("--max-output-tokens", type=int, default=64,
+                        help="cap on each request's answer length, so a scenario's streams end within seconds")
+    parser.add_argument("--pre-s", type=float, default=4.0, help="seconds of load before the fault (default 4)")
+    parser.add_argument("--post-s", type=float, default=7.0, help="seconds of load after it ends (default 7)")
+    parser.add_argument("--instances", type=int, default=3, help="emulated instances (default 3)")
+    parser.add_argument("--replicas", type=int, default=2, help="gateway replicas on Ray Serve (default 2)")
+    parser.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/chaos-<time>)")
+    parser.set_defaults(func=_bench_chaos)
+
+
+def _bench_chaos(args: argparse.Namespace) -> int:
+    import dataclasses
+    import sys
+    import time
+
+    from fleetgate.loadgen.chaos import SCENARIOS, WARM_UP_REQUESTS, ChaosConfig, run_chaos, span_s, verdicts
+    from fleetgate.loadgen.chaos_report import markdown_table
+    from fleetgate.loadgen.chaos_stack import StackConfig
+    from fleetgate.loadgen.peers import select_window
+    from fleetgate.loadgen.traces import read_trace
+    from fleetgate.pools.profiles import get_profile
+
+    by_name = {s.name: s for s in SCENARIOS}
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        print(f"fleetgate bench chaos: unknown scenario {unknown[0] if unknown else '(none)'!r}; known: "
+              f"{', '.join(by_name)}", file=sys.stderr)
+        return 2
+    scenarios = [by_name[n] for n in names]
+    stack = StackConfig(instances=args.instances, replicas=args.replicas, ttft_slo_ms=args.ttft_slo_ms)
+    requests = read_trace(args.trace, "azure").requests
+    windows, start_s = [], args.window_start
+    for scenario in scenarios:
+        length_s = span_s(scenario, args.pre_s, args.post_s) * args.rate_scale
+        window, _ = select_window(requests, start_s=start_s, count=None, duration_s=length_s,
+                                  max_model_len=get_profile(stack.gpu).max_model_len)
+        windows.append([dataclasses.replace(r, output_tokens=min(r.output_tokens, args.max_output_tokens))
+                        for r in window])
+        start_s += length_s
+    warm_up, _ = select_window(requests, start_s=start_s, count=WARM_UP_REQUESTS, duration_s=None,
+                               max_model_len=get_profile(stack.gpu).max_model_len)  # after every window
+    out_dir = args.out or Path("runs") / time.strftime("chaos-%Y%m%d-%H%M%S")
+    config = ChaosConfig(stack, windows, warm_up, args.rate_scale, args.pre_s, args.post_s, out_dir)
+    print(f"{len(scenarios)} scenarios, {sum(map(len, windows))} requests from {args.trace}; {args.instances} "
+          f"emulated {stack.gpu} instances, {args.replicas} gateway replicas; folders in {out_dir}/", flush=True)
+    try:
+        rows = run_chaos(scenarios, config, on_row=lambda row: print(
+            f"  {row['scenario']}: " + ("; ".join(verdicts(row)) or "goals met"), file=sys.stderr, flush=True))
+    except (RuntimeError, TimeoutError, OSError) as error:  # the stack did not start: its logs are in out_dir
+        print(f"fleetgate bench chaos: the stack did not start ({out_dir}/*.log): {error}"[:2000], file=sys.stderr)
+        return 1
+    print("\n" + markdown_table(rows) + f"\n\nresults: {out_dir / 'results.json'}")
+    return 1 if any(verdicts(row) for row in rows) else 0
 
 
 def _bench_replicas(args: argparse.Namespace) -> int:
