@@ -3,7 +3,7 @@
 sample every 10 s, on Ray's Python proxy (HAProxy binds its stats ports on every interface, and
 tests bind loopback only). Judged by counts: no request failed, every series was sampled every
 time, and nothing grew with the requests served. That the verdict flags a leak is shown in
-tests/unit/loadgen/test_soak.py.
+tests/unit/loadgen/test_soak_verdict.py.
 """
 
 from __future__ import annotations
