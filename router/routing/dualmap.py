@@ -30,7 +30,8 @@ Per request (DESIGN.md, "Prefix affinity: our DualMap design", and docs/routing.
    in time stays with its candidates.
 8. Cancel-and-resend: `resend()` tells the caller whether a request still queued (no first
    token) on an instance that became a hotspot should be re-sent to its other candidate; once.
-A decision is O(1) in the pool size but for cheap C-level passes (ring lookup, mean load): a
+A decision is O(1) in the pool size but for two cheap passes (the ring cache's membership check,
+the mean load when a candidate may be hot): a
 fallback estimates at most FALLBACK_SCAN instances, and the gateway's fallback order beyond the
 first two is ranked only when it needs it (`RouteDecision.tail`).
 """
@@ -38,19 +39,24 @@ first two is ranked only when it needs it (`RouteDecision.tail`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import islice
-from typing import Iterable, Sequence
+from operator import itemgetter
+from typing import Sequence
 
 from fleetgate.pools.model import Endpoint
 from fleetgate.router.routing.base import InstanceView, RouteDecision, RouteRequest
 from fleetgate.router.routing.common import rank_rest
-from fleetgate.router.routing.estimate import BLOCK_TOKENS, Estimate, TtftEstimator
+from fleetgate.router.routing.estimate import BLOCK_TOKENS, TtftEstimator
 from fleetgate.router.routing.keylen import AdaptiveKeyLength
 from fleetgate.router.routing.ring import DualRing, Key, RingCache
 
 
 FALLBACK_SCAN = 8
 """Instances a load fallback estimates: the least loaded ones (see DualMap._best_elsewhere)."""
+
+_SCORE = itemgetter(0)
+
+_Option = tuple[float, tuple[float, int], InstanceView, str]
+"""A candidate of one decision: (score, (estimated TTFT s, cached tokens), view, reason label)."""
 
 
 class _BoundedSet:
@@ -127,7 +133,7 @@ class DualMap:
 
     def _hot_threshold(self, instances: Sequence[InstanceView]) -> float:
         """Loads above this make an instance a hotspot."""
-        mean = sum(v.load for v in instances) / len(instances)
+        mean = sum([v.load for v in instances]) / len(instances)  # a list comprehension: cheaper than map or a generator
         return max(self.hotspot_factor * mean, mean + self.hotspot_floor)
 
     def _steer_target(self, key: Key, pair: tuple[str, str], now_s: float) -> str | None:
@@ -146,10 +152,12 @@ class DualMap:
         if len(self._steered) > self.max_tracked:
             self._steered.popitem(last=False)
 
-    def _score(self, request: RouteRequest, view: InstanceView, est: Estimate) -> float:
-        """Estimated TTFT plus `work_weight` x the prefill time our uncached tokens add there."""
-        uncached_s = (request.prompt_tokens - est.cached_tokens) / view.profile.prefill_tokens_per_s
-        return est.ttft_s + self.work_weight * uncached_s * self.estimator.prefill_scale(view.name)
+    def _option(self, request: RouteRequest, view: InstanceView, label: str) -> _Option:
+        """(score, estimate, view, label): the score is the estimated TTFT plus `work_weight` x
+        the prefill time our uncached tokens add there."""
+        ttft_s, cached = self.estimator.ttft_and_cached(request, view)
+        uncached_s = (request.prompt_tokens - cached) / view.profile.prefill_tokens_per_s
+        return ttft_s + self.work_weight * uncached_s * self.estimator.prefill_scale(view.endpoint.name), (ttft_s, cached), view, label
 
     def _observe_reuse(self, category: str, reuse_ratio: float) -> float:
         """Running mean of the share of prompts found cached on some candidate, per category."""
@@ -165,44 +173,45 @@ class DualMap:
         self._remember_key(request.request_id, key)
         pair = rings.pair(key)
         c1, c2 = instances[at[pair[0]]], instances[at[pair[1]]]
-        estimate = self.estimator.estimate
-        options = [(self._score(request, v, est), est, v, label) for v, label in ((c1, "affinity-c1"), (c2, "affinity-c2")) for est in (estimate(request, v),)]
-        if c1 is c2:
-            options.pop()
-        cached = max(option[1].cached_tokens for option in options)
+        ttft_s = self._ttft_s
+        options = [self._option(request, c1, "affinity-c1")]
+        cached = options[0][1][1]
+        if c1 is not c2:
+            options.append(self._option(request, c2, "affinity-c2"))
+            if options[1][1][1] > cached:
+                cached = options[1][1][1]
         if self.follow_holder:
             holder = self._holder(request, instances, at, cached, pair)
             if holder is not None:
-                est = estimate(request, holder)
-                options.append((self._score(request, holder, est), est, holder, "holder"))
-                cached = est.cached_tokens
-        options.sort(key=lambda option: option[0])  # stable: a tie keeps c1 first
+                options.append(self._option(request, holder, "holder"))
+                cached = options[-1][1][1]
+        options.sort(key=_SCORE)  # stable: a tie keeps c1 first
         reuse = self._observe_reuse(request.category, cached / max(1, request.prompt_tokens))
         held = cached and cached >= self.affinity_ratio * request.prompt_tokens
         if held:  # rule 1: go where most of the prefix is cached (the best score among equals)
-            options.sort(key=lambda option: -option[1].cached_tokens)
-        _, est_chosen, chosen, reason = options[0]
+            options.sort(key=lambda option: -option[1][1])
+        _, (e_chosen, _), chosen, reason = options[0]
         other = options[1][2] if len(options) > 1 else chosen
-        e_chosen = est_chosen.ttft_s
         slo = request.ttft_slo_s
         if held:  # never moved for load (below): recomputing the prefix costs more than the wait saves
             return self._decision(request, instances, (chosen, other) if other is not chosen else (chosen,), reason, e_chosen)
         target = self._steer_target(key, pair, now_s) if c1 is not c2 else None
-        if c1 is not c2 and (target is not None or chosen.load > self.hotspot_floor):  # else nothing can be hot
+        # Else nothing can be hot, or moving can't help: a hotspot must be busier than the other.
+        if c1 is not c2 and (target is not None or chosen.load > max(other.load, self.hotspot_floor)):
             hot = self._hot_threshold(instances)
             if target is not None and instances[at[target]].load <= hot:
                 if target != chosen.name:
                     chosen, other = instances[at[target]], chosen
                 reason = "hotspot"
-            elif chosen.load > hot and other.load <= hot and (slo is None or estimate(request, other).ttft_s <= slo):
+            elif chosen.load > hot and other.load <= hot and (slo is None or ttft_s(request, other) <= slo):
                 chosen, other = other, chosen
                 self._steer(key, chosen.name, now_s)
                 reason = "hotspot"
             if reason == "hotspot":
-                e_chosen = estimate(request, chosen).ttft_s
+                e_chosen = ttft_s(request, chosen)
         head = (chosen, other) if other is not chosen else (chosen,)
         anywhere = None if cached else "no-reuse" if reuse < self.min_reuse_ratio else "anywhere" if self._places_anywhere(request, c1) else None
-        over_slo = slo is not None and all(option[1].ttft_s > slo for option in options)
+        over_slo = slo is not None and all(option[1][0] > slo for option in options)
         if len(instances) > len(head) and (anywhere or over_slo):
             best, best_s = self._best_elsewhere(request, instances, head, rings, key, at)
             label = anywhere if anywhere and best_s < e_chosen else "slo-fallback" if over_slo and best_s <= slo else None
@@ -230,9 +239,9 @@ class DualMap:
                         best, best_tokens = view, tokens
             return best
         hashes = request.prefix_hashes
-        if not hashes or all(name in pair for name in self.estimator.index.holders(hashes[0])):
+        if not hashes or self.estimator.index.holders(hashes[0]) <= set(pair):
             return None  # the common case, checked in O(holders): nobody outside the pair holds even the first block
-        name, blocks = self.estimator.index.longest_match(hashes, at)
+        name, blocks = self.estimator.index.longest_match(hashes, at.keys())
         if name is None or name in pair or min(blocks * BLOCK_TOKENS, request.prompt_tokens - 1) <= pair_cached:
             return None
         return instances[at[name]]
@@ -246,24 +255,34 @@ class DualMap:
         sample per key (the best of 8 random instances is near the pool's best) that every
         replica draws alike, so one key's fallbacks meet on the same few instances and reuse
         each other's prefix; and a decision stays O(1) in the pool size."""
-        skip = {id(v) for v in head}
+        chosen, other = head[0], head[-1]
         if len(instances) <= FALLBACK_SCAN + len(head):
-            rest: Iterable[InstanceView] = (v for v in instances if id(v) not in skip)
-        else:
-            rest = islice((v for v in (instances[at[name]] for name in rings.second.walk(key)) if id(v) not in skip), FALLBACK_SCAN)
-        estimate = self.estimator.estimate
-        best_s, _, best = min((estimate(request, v).ttft_s, v.name, v) for v in rest)
+            rest = [v for v in instances if v is not chosen and v is not other]
+        else:  # the first FALLBACK_SCAN + len(head) names hold FALLBACK_SCAN outside the head
+            names = rings.second.first(key, FALLBACK_SCAN + len(head))
+            rest = [v for v in (instances[at[name]] for name in names) if v is not chosen and v is not other]
+            del rest[FALLBACK_SCAN:]
+        estimate = self.estimator.ttft_and_cached
+        best, best_s, best_name = None, 0.0, ""
+        for view in rest:  # the lowest estimate, ties to the first name
+            view_s, name = estimate(request, view)[0], view.endpoint.name
+            if best is None or view_s < best_s or (view_s == best_s and name < best_name):
+                best, best_s, best_name = view, view_s, name
+        assert best is not None  # the caller asks only when the pool is larger than the head
         return best, best_s
+
+    def _ttft_s(self, request: RouteRequest, view: InstanceView) -> float:
+        return self.estimator.ttft_and_cached(request, view)[0]
 
     def _decision(
         self, request: RouteRequest, instances: Sequence[InstanceView], head: tuple[InstanceView, ...], reason: str, estimate_s: float
     ) -> RouteDecision:
         """`head` first; the other instances by TTFT estimate, ranked only if the gateway needs them."""
         self.estimator.expect(request, head[0])
-        endpoints = tuple(v.endpoint for v in head)
+        endpoints = tuple([v.endpoint for v in head])
         return RouteDecision(
             endpoints, reason, estimated_ttft_s=estimate_s,
-            tail=lambda: rank_rest(instances, endpoints, lambda v: self.estimator.estimate(request, v).ttft_s),
+            tail=lambda: rank_rest(instances, endpoints, lambda v: self._ttft_s(request, v)),
         )
 
     def _remember_key(self, request_id: str, key: Key) -> None:

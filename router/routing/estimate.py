@@ -116,8 +116,8 @@ class TtftEstimator:
         """Prompt tokens we expect `view` to have cached (at least one token is computed)."""
         kv = view.kv
         if kv is not None:
-            self._kv[view.name] = kv
-        return self._cached(request, view.name, kv)
+            self._kv[view.endpoint.name] = kv
+        return self._cached(request, view.endpoint.name, kv)
 
     def _cached(self, request: RouteRequest, instance: str, kv: KvView | None) -> int:
         if kv is not None and request.kv_hashes and kv.live:
@@ -127,27 +127,33 @@ class TtftEstimator:
                 tokens = max(tokens, queue.pending_match(request.prefix_hashes) * BLOCK_TOKENS)
         else:
             tokens = self.index.matched_blocks(instance, request.prefix_hashes) * BLOCK_TOKENS
-        return min(tokens, max(0, request.prompt_tokens - 1))
+        limit = request.prompt_tokens - 1
+        return tokens if tokens <= limit else limit if limit > 0 else 0
 
     def precise(self, request: RouteRequest, view: InstanceView) -> bool:
         """Whether `view`'s cached prefix for `request` comes from its KV events."""
         return view.kv is not None and bool(request.kv_hashes) and view.kv.live
 
     def estimate(self, request: RouteRequest, view: InstanceView) -> Estimate:
-        cached = self.cached_tokens(request, view)
-        return Estimate(self._ttft_s(view, request.prompt_tokens - cached), cached)
+        return Estimate(*self.ttft_and_cached(request, view))
 
-    def _ttft_s(self, view: InstanceView, own_tokens: int) -> float:
-        """Prefill time of the uncached work queued on `view` plus ours, calibrated (calibrate.py)."""
-        queue_s, prefill_s = self._terms(view, own_tokens)
+    def ttft_and_cached(self, request: RouteRequest, view: InstanceView) -> tuple[float, int]:
+        """`estimate` as a plain (ttft_s, cached_tokens) tuple: DualMap makes up to 11 estimates
+        per decision, and building a frozen dataclass costs as much as a third of one."""
+        name = view.endpoint.name
+        kv = view.kv
+        if kv is not None:
+            self._kv[name] = kv
+        cached = self._cached(request, name, kv)
+        queue_s, prefill_s = self._terms(view, request.prompt_tokens - cached)
         if self.calibration is None:
-            return queue_s + prefill_s
-        step_scale, prefill_scale = self.calibration.scales(view.endpoint.name)
-        return step_scale * queue_s + prefill_scale * prefill_s
+            return queue_s + prefill_s, cached
+        step_scale, prefill_scale = self.calibration.scales(name)
+        return step_scale * queue_s + prefill_scale * prefill_s, cached
 
     def _terms(self, view: InstanceView, own_tokens: int) -> tuple[float, float]:
-        """The profile's (step time, prefill time) for the uncached work queued on `view` (see
-        the module docstring) plus ours."""
+        """The profile's (steps x step time, tokens / prefill rate) for the uncached work queued
+        on `view` (see the module docstring) plus ours, while its running batch decodes alongside."""
         queue = self._queues.get(view.endpoint.name)
         if queue is None or not queue.raw_tokens:
             own_ratio, own_queued = 1.0, 0
@@ -162,18 +168,15 @@ class TtftEstimator:
         if others > 0:
             work += others * self.mean_uncached_tokens
         running = view.local_inflight - own_queued
-        return self.prefill_terms(view, view.running if view.running > running else running, work)
-
-    @staticmethod
-    def prefill_terms(view: InstanceView, running: int, work_tokens: float) -> tuple[float, float]:
-        """(steps x step time, tokens / prefill rate) for `view` to prefill `work_tokens` while its
-        `running` batch decodes alongside, on its profile."""
+        if view.running > running:
+            running = view.running
         p = view.profile
-        running = min(running, p.max_num_seqs)
+        if running > p.max_num_seqs:
+            running = p.max_num_seqs
         step_s = p.step_time_s(0, running, int(view.kv_usage_ratio * p.kv_cache_tokens))
-        per_step_tokens = max(1, p.max_num_batched_tokens - running)
-        steps = -(-int(work_tokens) // per_step_tokens) if work_tokens > 0 else 0
-        return steps * step_s, work_tokens / p.prefill_tokens_per_s
+        per_step_tokens = p.max_num_batched_tokens - running
+        steps = -(-int(work) // (per_step_tokens if per_step_tokens > 1 else 1)) if work > 0 else 0
+        return steps * step_s, work / p.prefill_tokens_per_s
 
     def prefill_scale(self, instance: str) -> float:
         """How much slower than its profile `instance` was seen to prefill (1: as profiled)."""

@@ -42,14 +42,6 @@ class AdaptiveKeyLength:
         self._ticks: dict[str, int] = {}  # requests seen per category
         self.deepened = 0  # deepening steps taken (a metric: how often hot prefixes were split)
 
-    def _bump(self, category: str, key: int, tick: int) -> float:
-        count, last = self._counts.pop((category, key), (0.0, tick))
-        count = count * self._decay ** (tick - last) + 1.0
-        self._counts[(category, key)] = (count, tick)
-        if len(self._counts) > self.max_keys:
-            self._counts.popitem(last=False)
-        return count
-
     def key_blocks(self, request: RouteRequest, n_instances: int) -> int:
         """The key length, in prefix blocks, for `request` in a pool of `n_instances`."""
         hashes = request.prefix_hashes
@@ -60,10 +52,22 @@ class AdaptiveKeyLength:
         self._ticks[request.category] = tick
         # Total decayed traffic of the category: a geometric series of one request per tick.
         total = (1.0 - self._decay**tick) / (1.0 - self._decay)
-        threshold = max(self.min_count, total * self.hot_share_factor / n_instances)
-        while True:
-            count = self._bump(request.category, hashes[depth - 1], tick)
-            deeper = min(len(hashes), depth * 2, self.max_key_blocks)
+        threshold = total * self.hot_share_factor / n_instances
+        if threshold < self.min_count:
+            threshold = self.min_count
+        counts, decay = self._counts, self._decay
+        while True:  # count this use of the key at `depth` (LRU order: the oldest keys are dropped)
+            slot = (request.category, hashes[depth - 1])
+            count, last = counts.pop(slot, (0.0, tick))
+            count = count * decay ** (tick - last) + 1.0
+            counts[slot] = (count, tick)
+            if len(counts) > self.max_keys:
+                counts.popitem(last=False)
+            deeper = depth * 2
+            if deeper > len(hashes):
+                deeper = len(hashes)
+            if deeper > self.max_key_blocks:
+                deeper = self.max_key_blocks
             if count <= threshold or deeper == depth:
                 break
             depth = deeper

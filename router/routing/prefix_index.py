@@ -12,7 +12,7 @@ found by binary search.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Collection, Container, Sequence
+from typing import Collection, KeysView, Sequence
 
 
 class PrefixIndex:
@@ -55,8 +55,8 @@ class PrefixIndex:
             if not holders:
                 del owners[old]
 
-    def holders(self, block_hash: int) -> Collection[str]:
-        """Instances holding the block `block_hash` (read-only view)."""
+    def holders(self, block_hash: int) -> KeysView[str]:
+        """Instances holding the block `block_hash` (a read-only set view)."""
         return self._owners.get(block_hash, {}).keys()
 
     def matched_blocks(self, instance: str, hashes: Sequence[int]) -> int:
@@ -73,21 +73,22 @@ class PrefixIndex:
                 hi = mid - 1
         return lo
 
-    def longest_match(self, hashes: Sequence[int], among: Container[str]) -> tuple[str | None, int]:
+    def longest_match(self, hashes: Sequence[int], among: Collection[str]) -> tuple[str | None, int]:
         """The instance of `among` holding the longest prefix of `hashes` (the most recently used
-        one on a tie) and its length in blocks; (None, 0) when none holds the first block."""
+        one on a tie) and its length in blocks; (None, 0) when none holds the first block.
+        `among` is best a set or a dict's keys: each step of the search is then one C-level
+        `isdisjoint` over the block's holders."""
         owners = self._owners
-
-        def held_at(depth: int) -> bool:
-            found = owners.get(hashes[depth - 1])
-            return found is not None and any(name in among for name in found)
-
-        if not hashes or not held_at(1):
+        if not hashes:
+            return None, 0
+        found = owners.get(hashes[0])
+        if found is None or found.keys().isdisjoint(among):
             return None, 0
         lo, hi = 1, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if held_at(mid):
+            found = owners.get(hashes[mid - 1])
+            if found is not None and not found.keys().isdisjoint(among):
                 lo = mid
             else:
                 hi = mid - 1

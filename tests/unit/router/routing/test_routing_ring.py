@@ -87,6 +87,26 @@ def test_candidates_walk_distinct_instances_in_ring_order():
     assert ring.candidates(42, 3, exclude=order[0]) == order[1:4]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 64])
+def test_fast_lookups_agree_with_the_ring_walk(n):
+    """`first` reads a slice of points and `pair` the points past c1 directly (the decision's fast
+    paths); both must give what walking the ring gives, including wrap-around and tiny pools."""
+    ring = DualRing(membership_of(endpoints(n)), SEEDS, vnodes_per_weight=4 if n < 12 else 256)
+    for key in [*range(3000), "session-a", "session-b"]:
+        walked = list(ring.second.walk(key))
+        assert ring.second.first(key, 10) == walked[:10]
+        c1 = ring.first.lookup(key)
+        assert ring.pair(key) == (c1, next((name for name in walked if name != c1), c1))
+
+
+def test_ring_cache_positions_follow_the_order_of_the_endpoints():
+    cache = RingCache(SEEDS)
+    eps = endpoints(4)
+    rings = cache.get(eps)
+    assert cache.positions == {"i0": 0, "i1": 1, "i2": 2, "i3": 3}
+    assert cache.get(eps[::-1]) is rings and cache.positions == {"i3": 0, "i2": 1, "i1": 2, "i0": 3}
+
+
 def test_ring_cache_rebuilds_only_on_membership_or_weight_change():
     cache = RingCache(SEEDS)
     eps = endpoints(4)
