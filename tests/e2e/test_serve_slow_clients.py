@@ -31,7 +31,7 @@ REQUESTED_TOKENS = 60_000  # ~40 MB of SSE: far more than the socket buffers on 
 def haproxy_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, object]]:
     """`fleetgate serve` with HAProxy, 1 s send and body-read timeouts, before one fast emulated instance."""
     if shutil.which("haproxy") is None:
-        pytest.skip("needs haproxy on PATH (README)")
+        pytest.fail("needs haproxy on PATH: install it as the README says (apt-get install haproxy)", pytrace=False)
     with (in_thread(lambda: emulators(1, time_scale=0.005, max_model_len=2 * REQUESTED_TOKENS)) as (servers, _loop),
           serve_processes() as started):
         started.append(ServeProcess([s.url for s in servers], free_port(), tmp_path_factory.mktemp("serve"),
